@@ -1,0 +1,682 @@
+/* moerun: argument parsing and the subcommands. No math here. */
+#include "gguf.h"
+#include "model.h"
+#include "quant.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MOERUN_VERSION "0.1.0"
+
+enum verbosity { V_QUIET = 0, V_NORMAL = 1, V_VERBOSE = 2 };
+
+/* Everything any subcommand accepts; each subcommand reads the fields it documents. */
+struct options {
+    const char *cmd;
+    const char *model;
+    const char *prompt;
+    const char *prompt_file;
+    const char *tokens;
+    const char *logits_path;
+    const char *text;
+    int n_predict;
+    int n_ctx;
+    int n_threads;
+    int blas_min_batch;
+    int verbosity;
+    int print_ids;
+    int decode;
+    int show_tensors;
+    int add_bos;
+    int special;
+    int seed_given;
+    struct sampler_params sp;
+};
+
+/* ---- help ---- */
+
+static const char *usage_main =
+    "moerun " MOERUN_VERSION " - run Mixture-of-Experts and dense language models from GGUF "
+    "files\n"
+    "\n"
+    "usage: moerun COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  run       generate a continuation of a prompt; only the text goes to stdout\n"
+    "  info      describe a model file: architecture, hyper-parameters, tensors\n"
+    "  tokenize  print the token ids of a text\n"
+    "  eval      write the logits of every position of a token sequence to a file\n"
+    "\n"
+    "  moerun COMMAND --help   options of one command\n"
+    "  moerun --version\n";
+
+static const char *usage_run =
+    "usage: moerun run [-m] MODEL [-p PROMPT | -f FILE | --tokens 1,2,3] [options]\n"
+    "\n"
+    "Streams the continuation of the prompt to stdout, flushed per token. With no -p, -f or\n"
+    "--tokens and stdin not a terminal, stdin is the prompt. Logs and timing go to stderr.\n"
+    "\n"
+    "  -p, --prompt TEXT      the prompt\n"
+    "  -f, --file FILE        read the prompt from FILE\n"
+    "      --tokens IDS       the prompt as comma-separated token ids (no BOS is added)\n"
+    "  -n, --n-predict N      tokens to generate (default -1: until end of text or context)\n"
+    "  -c, --ctx-size N       context length (default: the model's, at most 4096)\n"
+    "  -t, --threads N        CPU threads (default: all online CPUs)\n"
+    "      --temp T           temperature (default 0.8; 0 = greedy)\n"
+    "      --top-k K          keep the K most likely tokens (default 40; 0 = off)\n"
+    "      --top-p P          nucleus sampling (default 0.95; 1 = off)\n"
+    "      --min-p P          drop tokens below P x the top probability (default 0.05)\n"
+    "      --repeat-penalty R penalty for recent tokens (default 1.0 = off)\n"
+    "      --repeat-last-n N  window of the repeat penalty (default 64)\n"
+    "      --seed S           random seed; the same seed repeats a sampled run\n"
+    "      --ids              print generated token ids (space-separated) instead of text\n"
+    "      --special          match special-token texts in the prompt\n"
+    "  -v, --verbose          more detail on stderr\n"
+    "  -q, --quiet            nothing on stderr but errors\n"
+    "\n"
+    "The KV cache is kept in f32.\n";
+
+static const char *usage_info =
+    "usage: moerun info [-m] MODEL [--tensors]\n"
+    "\n"
+    "Prints architecture, hyper-parameters, tokenizer, file size, parameter count and a\n"
+    "histogram of tensor types to stdout.\n"
+    "\n"
+    "      --tensors   also list every tensor: name, type, shape, bytes\n";
+
+static const char *usage_tokenize =
+    "usage: moerun tokenize [-m] MODEL [TEXT] [--bos] [--special]\n"
+    "\n"
+    "Prints the token ids of TEXT (or of stdin) on one line, separated by spaces.\n"
+    "\n"
+    "      --bos       prepend the beginning-of-sequence token\n"
+    "      --special   match special-token texts (e.g. <s>) in the text\n";
+
+static const char *usage_eval =
+    "usage: moerun eval [-m] MODEL --tokens 1,2,3 --logits FILE [--decode] [options]\n"
+    "\n"
+    "Feeds the ids (nothing added) and writes the logits after every position to FILE as\n"
+    "little-endian float32, row-major (n_tokens x n_vocab). The KV cache is f32.\n"
+    "\n"
+    "      --tokens IDS      comma-separated token ids\n"
+    "      --logits FILE     output file (written to a temporary name, then renamed)\n"
+    "      --decode          feed one token at a time instead of one batch\n"
+    "      --blas-batch N    batches of at least N tokens use OpenBLAS on dequantized\n"
+    "                        weights (default 32; 0 = never); smaller batches quantize the\n"
+    "                        activations as llama.cpp does\n"
+    "  -c, --ctx-size N      context length (default: the model's, at most 4096)\n"
+    "  -t, --threads N       CPU threads\n";
+
+static const char *usage_for(const char *cmd) {
+    if (!strcmp(cmd, "run")) return usage_run;
+    if (!strcmp(cmd, "info")) return usage_info;
+    if (!strcmp(cmd, "tokenize")) return usage_tokenize;
+    if (!strcmp(cmd, "eval")) return usage_eval;
+    return usage_main;
+}
+
+/* ---- argument parsing ---- */
+
+static int fail(const char *cmd, const char *fmt, const char *arg) {
+    fprintf(stderr, "moerun %s: ", cmd);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see moerun %s --help)\n", cmd);
+    return -1;
+}
+
+static int parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi,
+                      long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "moerun %s: %s expects an integer in %ld..%ld, got '%s'\n", cmd, flag, lo,
+                hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi,
+                     int *out) {
+    long v;
+    if (parse_long(cmd, flag, s, lo, hi, &v) < 0) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *cmd, const char *flag, const char *s, float lo, float hi,
+                       float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "moerun %s: %s expects a number in %g..%g, got '%s'\n", cmd, flag,
+                (double)lo, (double)hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_seed(const char *cmd, const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') {
+        fprintf(stderr, "moerun %s: --seed expects a non-negative integer, got '%s'\n", cmd, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int is_flag(const char *a, const char *short_name, const char *long_name) {
+    return (short_name && !strcmp(a, short_name)) || (long_name && !strcmp(a, long_name));
+}
+
+/* Flags that take a value. Returns 1 if handled, 0 if not this kind of flag, -1 on error. */
+static int parse_valued(struct options *o, const char *a, const char *v) {
+    const char *c = o->cmd;
+    struct sampler_params *sp = &o->sp;
+    if (is_flag(a, "-m", "--model")) return o->model = v, 1;
+    if (is_flag(a, "-p", "--prompt")) return o->prompt = v, 1;
+    if (is_flag(a, "-f", "--file")) return o->prompt_file = v, 1;
+    if (is_flag(a, NULL, "--tokens")) return o->tokens = v, 1;
+    if (is_flag(a, NULL, "--logits")) return o->logits_path = v, 1;
+    if (is_flag(a, "-n", "--n-predict")) return parse_int(c, a, v, -1, 1L << 30, &o->n_predict) ? -1 : 1;
+    if (is_flag(a, "-c", "--ctx-size")) return parse_int(c, a, v, 1, 1L << 24, &o->n_ctx) ? -1 : 1;
+    if (is_flag(a, "-t", "--threads")) return parse_int(c, a, v, 1, 1024, &o->n_threads) ? -1 : 1;
+    if (is_flag(a, NULL, "--blas-batch")) {
+        if (parse_int(c, a, v, 0, 1L << 20, &o->blas_min_batch) < 0) return -1;
+        if (o->blas_min_batch == 0) o->blas_min_batch = -1; /* model_params: never */
+        return 1;
+    }
+    if (is_flag(a, NULL, "--temp")) return parse_float(c, a, v, 0.0f, 100.0f, &sp->temp) ? -1 : 1;
+    if (is_flag(a, NULL, "--top-k")) return parse_int(c, a, v, 0, 1L << 30, &sp->top_k) ? -1 : 1;
+    if (is_flag(a, NULL, "--top-p")) return parse_float(c, a, v, 0.0f, 1.0f, &sp->top_p) ? -1 : 1;
+    if (is_flag(a, NULL, "--min-p")) return parse_float(c, a, v, 0.0f, 1.0f, &sp->min_p) ? -1 : 1;
+    if (is_flag(a, NULL, "--repeat-penalty"))
+        return parse_float(c, a, v, 0.0f, 100.0f, &sp->repeat_penalty) ? -1 : 1;
+    if (is_flag(a, NULL, "--repeat-last-n"))
+        return parse_int(c, a, v, 0, 1L << 20, &sp->repeat_last_n) ? -1 : 1;
+    if (is_flag(a, NULL, "--seed")) {
+        o->seed_given = 1;
+        return parse_seed(c, v, &sp->seed) ? -1 : 1;
+    }
+    return 0;
+}
+
+static int parse_switch(struct options *o, const char *a) {
+    if (is_flag(a, "-v", "--verbose")) return o->verbosity = V_VERBOSE, 1;
+    if (is_flag(a, "-q", "--quiet")) return o->verbosity = V_QUIET, 1;
+    if (is_flag(a, NULL, "--ids")) return o->print_ids = 1, 1;
+    if (is_flag(a, NULL, "--decode")) return o->decode = 1, 1;
+    if (is_flag(a, NULL, "--tensors")) return o->show_tensors = 1, 1;
+    if (is_flag(a, NULL, "--bos")) return o->add_bos = 1, 1;
+    if (is_flag(a, NULL, "--special")) return o->special = 1, 1;
+    return 0;
+}
+
+static int parse_positional(struct options *o, const char *a) {
+    if (!o->model) return o->model = a, 0;
+    if (!strcmp(o->cmd, "tokenize") && !o->text) return o->text = a, 0;
+    return fail(o->cmd, "unexpected argument '%s'", a);
+}
+
+/* Returns 0 to go on, 1 when help was printed, -1 on a usage error. */
+static int parse_args(struct options *o, int argc, char **argv) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_flag(a, "-h", "--help")) {
+            fputs(usage_for(o->cmd), stdout);
+            return 1;
+        }
+        int rc = parse_switch(o, a);
+        if (rc) continue;
+        if (a[0] == '-' && a[1] != '\0') {
+            if (i + 1 >= argc) {
+                if (parse_valued(o, a, "") == 0) return fail(o->cmd, "unknown option '%s'", a);
+                return fail(o->cmd, "option '%s' needs a value", a);
+            }
+            rc = parse_valued(o, a, argv[i + 1]);
+            if (rc < 0) return -1;
+            if (rc == 0) return fail(o->cmd, "unknown option '%s'", a);
+            i++;
+            continue;
+        }
+        if (parse_positional(o, a) < 0) return -1;
+    }
+    if (!o->model) return fail(o->cmd, "%s", "no model file given");
+    return 0;
+}
+
+/* ---- shared helpers ---- */
+
+static int read_stream(FILE *f, char **out, size_t *len) {
+    size_t cap = 4096, n = 0;
+    char *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0) buf = xrealloc(buf, cap *= 2);
+    }
+    if (ferror(f)) {
+        free(buf);
+        return -1;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static int read_file_text(const char *path, char **out, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        err_set("cannot open prompt file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = read_stream(f, out, len);
+    fclose(f);
+    if (rc < 0) err_set("cannot read prompt file %s: %s", path, strerror(errno));
+    return rc;
+}
+
+/* "1,2,3" -> ids; rejects empty items and non-numbers. */
+static int parse_token_list(const char *s, int32_t **out, int *n_out) {
+    int cap = 16, n = 0;
+    int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            err_set("--tokens: '%s' is not a comma-separated list of token ids", s);
+            free(ids);
+            return -1;
+        }
+        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+        ids[n++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) {
+        err_set("--tokens: the list is empty");
+        free(ids);
+        return -1;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+static int error_exit(const char *cmd) {
+    fprintf(stderr, "moerun %s: %s\n", cmd, err_get());
+    return 1;
+}
+
+static const char *human_bytes(double b, char *buf, size_t cap) {
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024.0 && u < 4) b /= 1024.0, u++;
+    snprintf(buf, cap, u ? "%.2f %s" : "%.0f %s", b, units[u]);
+    return buf;
+}
+
+/* Writes n bytes to a temporary name beside path, then renames: no partial output files. */
+static int write_file_atomic(const char *path, const void *data, size_t n) {
+    size_t plen = strlen(path) + 32;
+    char *tmp = xmalloc(plen);
+    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(data, 1, n, f) == n;
+    if (f && fclose(f) != 0) ok = 0;
+    if (ok && rename(tmp, path) != 0) ok = 0;
+    if (!ok) {
+        err_set("cannot write %s: %s", path, strerror(errno));
+        remove(tmp);
+    }
+    free(tmp);
+    return ok ? 0 : -1;
+}
+
+static void load_summary(const struct model *m, const struct options *o, double secs) {
+    if (o->verbosity < V_NORMAL) return;
+    char size[32];
+    fprintf(stderr, "moerun: %s: %s, %.2fB params, %s, %u layers, ctx %d, cpu %d threads%s, "
+                    "loaded in %.2f s\n",
+            m->file.path, m->arch_name, (double)m->n_params / 1e9,
+            human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx,
+            cpu_n_threads(m->cpu), cpu_has_blas() ? " + OpenBLAS" : "", secs);
+}
+
+static int open_model(struct model *m, const struct options *o) {
+    double t0 = time_now();
+    if (model_load(m, o->model) < 0) return -1;
+    struct model_params mp = {.n_ctx = o->n_ctx, .n_threads = o->n_threads,
+                              .blas_min_batch = o->blas_min_batch};
+    if (model_init(m, &mp) < 0) {
+        model_free(m);
+        return -1;
+    }
+    load_summary(m, o, time_now() - t0);
+    return 0;
+}
+
+/* ---- run ---- */
+
+/* The prompt as token ids, from --tokens, -p, -f or stdin. */
+static int prompt_tokens(const struct model *m, const struct options *o, int32_t **ids, int *n) {
+    if (o->tokens) return parse_token_list(o->tokens, ids, n);
+    char *text = NULL;
+    size_t len = 0;
+    if (o->prompt) {
+        text = xstrdup(o->prompt);
+        len = strlen(text);
+    } else if (o->prompt_file) {
+        if (read_file_text(o->prompt_file, &text, &len) < 0) return -1;
+    } else if (!isatty(STDIN_FILENO)) {
+        if (read_stream(stdin, &text, &len) < 0) {
+            err_set("cannot read the prompt from stdin: %s", strerror(errno));
+            return -1;
+        }
+    } else {
+        err_set("no prompt: give -p TEXT, -f FILE or --tokens, or pipe text on stdin");
+        return -1;
+    }
+    int64_t count = tokenizer_encode(m->tok, text, len, tokenizer_add_bos(m->tok), o->special, ids);
+    free(text);
+    if (count < 0) return -1;
+    if (count == 0) {
+        err_set("the prompt is empty");
+        free(*ids);
+        return -1;
+    }
+    *n = (int)count;
+    return 0;
+}
+
+struct gen_stats {
+    int n_prompt, n_gen;
+    double t_prompt, t_gen;
+};
+
+static void emit_token(const struct model *m, const struct options *o, struct detok_stream *ds,
+                       int32_t id, int first) {
+    if (o->print_ids) {
+        printf(first ? "%d" : " %d", id);
+    } else {
+        char piece[256], out[512];
+        int n = tokenizer_piece(m->tok, id, 0, piece, sizeof piece);
+        if (n < 0) return;
+        size_t k = detok_push(ds, piece, (size_t)n, out, sizeof out);
+        fwrite(out, 1, k, stdout);
+    }
+    fflush(stdout);
+}
+
+static int generate(struct model *m, const struct options *o, const int32_t *prompt,
+                    int n_prompt, struct gen_stats *st) {
+    float *logits = xmalloc((size_t)m->hp.n_vocab * sizeof(float));
+    struct sampler *s = sampler_new(&o->sp, (int32_t)m->hp.n_vocab);
+    struct detok_stream ds;
+    detok_init(&ds, 0);
+    int rc = 0, pos = 0;
+    for (int i = 0; i < n_prompt; i++) sampler_accept(s, prompt[i]);
+    double t0 = time_now();
+    if (model_forward(m, prompt, n_prompt, 0, logits, 0) < 0) rc = -1;
+    pos = n_prompt;
+    st->t_prompt = time_now() - t0;
+    t0 = time_now();
+    for (int i = 0; rc == 0 && (o->n_predict < 0 || i < o->n_predict); i++) {
+        int32_t id = sampler_sample(s, logits);
+        if (tokenizer_is_eog(m->tok, id)) break;
+        sampler_accept(s, id);
+        emit_token(m, o, &ds, id, i == 0);
+        st->n_gen++;
+        if (pos >= m->n_ctx) {
+            if (o->verbosity >= V_NORMAL)
+                fprintf(stderr, "\nmoerun: stopped: the context of %d tokens is full (-c)\n",
+                        m->n_ctx);
+            break;
+        }
+        if (model_forward(m, &id, 1, pos++, logits, 0) < 0) rc = -1;
+    }
+    char tail[16];
+    size_t k = detok_flush(&ds, tail, sizeof tail);
+    fwrite(tail, 1, k, stdout);
+    if (o->print_ids || st->n_gen) putchar('\n');
+    fflush(stdout);
+    st->t_gen = time_now() - t0;
+    sampler_free(s);
+    free(logits);
+    return rc;
+}
+
+static void print_stats(const struct options *o, const struct gen_stats *st) {
+    if (o->verbosity < V_NORMAL) return;
+    fprintf(stderr, "moerun: prompt %d tokens in %.3f s (%.1f t/s), generated %d tokens in %.3f s "
+                    "(%.1f t/s)\n",
+            st->n_prompt, st->t_prompt, st->t_prompt > 0 ? st->n_prompt / st->t_prompt : 0.0,
+            st->n_gen, st->t_gen, st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
+}
+
+static int cmd_run(struct options *o) {
+    struct model m;
+    if (open_model(&m, o) < 0) return error_exit(o->cmd);
+    int32_t *ids = NULL;
+    int n = 0;
+    if (prompt_tokens(&m, o, &ids, &n) < 0) {
+        model_free(&m);
+        return error_exit(o->cmd);
+    }
+    if (n > m.n_ctx) {
+        err_set("the prompt has %d tokens but the context holds %d (raise -c, the model allows "
+                "%u)",
+                n, m.n_ctx, m.hp.n_ctx_train);
+        free(ids);
+        model_free(&m);
+        return error_exit(o->cmd);
+    }
+    if (!o->seed_given) o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (o->verbosity >= V_VERBOSE) {
+        fprintf(stderr, "moerun: prompt tokens:");
+        for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, "\nmoerun: seed %llu, temp %.2f, top-k %d, top-p %.2f, min-p %.2f, "
+                        "repeat-penalty %.2f over %d\n",
+                (unsigned long long)o->sp.seed, (double)o->sp.temp, o->sp.top_k,
+                (double)o->sp.top_p, (double)o->sp.min_p, (double)o->sp.repeat_penalty,
+                o->sp.repeat_last_n);
+    }
+    struct gen_stats st = {.n_prompt = n};
+    int rc = generate(&m, o, ids, n, &st);
+    free(ids);
+    if (rc < 0) {
+        model_free(&m);
+        return error_exit(o->cmd);
+    }
+    print_stats(o, &st);
+    model_free(&m);
+    return 0;
+}
+
+/* ---- eval ---- */
+
+static int eval_logits(struct model *m, const struct options *o, const int32_t *ids, int n,
+                       float *logits) {
+    size_t nv = m->hp.n_vocab;
+    if (!o->decode) return model_forward(m, ids, n, 0, logits, 1);
+    for (int i = 0; i < n; i++)
+        if (model_forward(m, ids + i, 1, i, logits + (size_t)i * nv, 1) < 0) return -1;
+    return 0;
+}
+
+static int cmd_eval(struct options *o) {
+    if (!o->tokens || !o->logits_path)
+        return fail(o->cmd, "%s", "needs --tokens IDS and --logits FILE"), 1;
+    int32_t *ids = NULL;
+    int n = 0;
+    if (parse_token_list(o->tokens, &ids, &n) < 0) return error_exit(o->cmd);
+    struct model m;
+    if (open_model(&m, o) < 0) {
+        free(ids);
+        return error_exit(o->cmd);
+    }
+    if (n > m.n_ctx) {
+        err_set("%d tokens do not fit the context of %d (-c)", n, m.n_ctx);
+        free(ids);
+        model_free(&m);
+        return error_exit(o->cmd);
+    }
+    float *logits = xmalloc((size_t)n * m.hp.n_vocab * sizeof(float));
+    int rc = eval_logits(&m, o, ids, n, logits);
+    if (rc == 0)
+        rc = write_file_atomic(o->logits_path, logits, (size_t)n * m.hp.n_vocab * sizeof(float));
+    free(logits);
+    free(ids);
+    model_free(&m);
+    return rc < 0 ? error_exit(o->cmd) : 0;
+}
+
+/* ---- info ---- */
+
+static void print_tensor_histogram(const struct gguf_file *f) {
+    uint64_t count[QT_COUNT + 1] = {0}, bytes[QT_COUNT + 1] = {0};
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        uint32_t t = f->tensors[i].type < QT_COUNT ? f->tensors[i].type : QT_COUNT;
+        count[t]++;
+        bytes[t] += f->tensors[i].nbytes;
+    }
+    printf("tensor types:\n");
+    for (uint32_t t = 0; t <= QT_COUNT; t++) {
+        if (!count[t]) continue;
+        char size[32];
+        printf("  %-8s %5llu tensors  %s\n", qtype_name(t), (unsigned long long)count[t],
+               human_bytes((double)bytes[t], size, sizeof size));
+    }
+}
+
+static void print_tensors(const struct gguf_file *f) {
+    printf("tensors:\n");
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const struct gguf_tensor *t = &f->tensors[i];
+        printf("  %-40.*s %-6s [", (int)t->name.len, t->name.data, qtype_name(t->type));
+        for (uint32_t d = 0; d < t->n_dims; d++) printf(d ? ", %lld" : "%lld", (long long)t->ne[d]);
+        printf("] %llu bytes\n", (unsigned long long)t->nbytes);
+    }
+}
+
+static void print_hparams(const struct model *m) {
+    const struct hparams *hp = &m->hp;
+    printf("architecture: %s\n", m->arch_name);
+    printf("parameters: %llu (%.3f B)\n", (unsigned long long)m->n_params,
+           (double)m->n_params / 1e9);
+    printf("context length: %u\n", hp->n_ctx_train);
+    printf("embedding: %u\nlayers: %u\nfeed-forward: %u\n", hp->n_embd, hp->n_layer, hp->n_ff);
+    printf("heads: %u (kv %u), head width k %u v %u\n", hp->n_head, hp->n_head_kv, hp->head_dim,
+           hp->head_dim_v);
+    printf("rope: %u dims, base %g, scale %g\n", hp->n_rot, (double)hp->rope_freq_base,
+           (double)hp->rope_freq_scale);
+    printf("rms epsilon: %g\n", (double)hp->norm_eps);
+    printf("output: %s\n", m->w[W_OUTPUT].t == m->w[W_TOKEN_EMBD].t ? "tied to token_embd"
+                                                                     : "output.weight");
+    printf("kv cache: %llu bytes per token (f32)\n",
+           (unsigned long long)hp->n_layer * (hp->n_head_kv * (hp->head_dim + hp->head_dim_v)) *
+               4ull);
+}
+
+static void print_tokenizer(const struct model *m) {
+    struct gguf_str kind = {0, ""};
+    gguf_get_str(&m->file, "tokenizer.ggml.model", &kind);
+    printf("tokenizer: %.*s, %d tokens, bos %d, eos %d, add bos %s\n", (int)kind.len, kind.data,
+           tokenizer_n_vocab(m->tok), tokenizer_bos(m->tok), tokenizer_eos(m->tok),
+           tokenizer_add_bos(m->tok) ? "yes" : "no");
+}
+
+static int cmd_info(struct options *o) {
+    struct model m;
+    if (model_load(&m, o->model) < 0) return error_exit(o->cmd);
+    char size[32];
+    struct gguf_str name = {0, ""};
+    gguf_get_str(&m.file, "general.name", &name);
+    printf("file: %s\n", m.file.path);
+    printf("size: %s (%llu bytes), GGUF v%u, %llu keys, %llu tensors\n",
+           human_bytes((double)m.file.size, size, sizeof size), (unsigned long long)m.file.size,
+           m.file.version, (unsigned long long)m.file.n_kv, (unsigned long long)m.file.n_tensors);
+    if (name.len) printf("name: %.*s\n", (int)name.len, name.data);
+    print_hparams(&m);
+    print_tokenizer(&m);
+    print_tensor_histogram(&m.file);
+    if (o->show_tensors) print_tensors(&m.file);
+    model_free(&m);
+    return 0;
+}
+
+/* ---- tokenize ---- */
+
+static int cmd_tokenize(struct options *o) {
+    struct gguf_file f;
+    if (gguf_open(&f, o->model) < 0) return error_exit(o->cmd);
+    struct tokenizer *tok = tokenizer_load(&f);
+    if (!tok) {
+        gguf_close(&f);
+        return error_exit(o->cmd);
+    }
+    char *text;
+    size_t len;
+    int rc = 0;
+    if (o->text) {
+        text = xstrdup(o->text);
+        len = strlen(text);
+    } else if (read_stream(stdin, &text, &len) < 0) {
+        err_set("cannot read stdin: %s", strerror(errno));
+        rc = -1;
+    }
+    int32_t *ids = NULL;
+    int64_t n = rc < 0 ? -1 : tokenizer_encode(tok, text, len, o->add_bos, o->special, &ids);
+    if (rc == 0) free(text);
+    for (int64_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    if (n >= 0) printf("\n");
+    free(ids);
+    tokenizer_free(tok);
+    gguf_close(&f);
+    return n < 0 ? error_exit(o->cmd) : 0;
+}
+
+/* ---- dispatch ---- */
+
+int main(int argc, char **argv) {
+    if (argc < 2 || is_flag(argv[1], "-h", "--help") || !strcmp(argv[1], "help")) {
+        fputs(usage_main, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("moerun %s (%s)\n", MOERUN_VERSION, cpu_has_blas() ? "cpu, openblas" : "cpu");
+        return 0;
+    }
+    struct {
+        const char *name;
+        int (*fn)(struct options *);
+    } cmds[] = {{"run", cmd_run}, {"info", cmd_info}, {"tokenize", cmd_tokenize},
+                {"eval", cmd_eval}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name)) continue;
+        struct options o = {.cmd = cmds[i].name, .n_predict = -1, .verbosity = V_NORMAL};
+        sampler_params_default(&o.sp);
+        int rc = parse_args(&o, argc - 2, argv + 2);
+        if (rc) return rc > 0 ? 0 : 1;
+        return cmds[i].fn(&o);
+    }
+    fprintf(stderr, "moerun: unknown command '%s' (see moerun --help)\n", argv[1]);
+    return 1;
+}

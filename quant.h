@@ -1,0 +1,58 @@
+/* Block formats, byte-identical to ggml: sizes, dequantize, reference quantize, dot products.
+ * One traits row per type; every path (CPU, tools, GPU upload) goes through it. */
+#ifndef MOERUN_QUANT_H
+#define MOERUN_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml type ids as stored in GGUF tensor infos. */
+enum qtype {
+    QT_F32 = 0,
+    QT_F16 = 1,
+    QT_Q4_0 = 2,
+    QT_Q4_1 = 3,
+    QT_Q5_0 = 6,
+    QT_Q5_1 = 7,
+    QT_Q8_0 = 8,
+    QT_Q8_1 = 9,
+    QT_Q2_K = 10,
+    QT_Q3_K = 11,
+    QT_Q4_K = 12,
+    QT_Q5_K = 13,
+    QT_Q6_K = 14,
+    QT_Q8_K = 15,
+    QT_BF16 = 30,
+    QT_COUNT = 40 /* bound on ids we look at; unknown ids have no traits */
+};
+
+/* to_float: n values (multiple of blck_size) from blocks to floats.
+ * from_float: reference quantization, the same bytes ggml's *_ref functions write.
+ * vec_dot: sum over n of x (this type) times y (vec_dot_type), the way ggml's generic CPU
+ *          kernels compute it (integer block products for the quantized types). */
+typedef void (*qt_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*qt_from_float_fn)(const float *src, void *dst, int64_t n);
+typedef void (*qt_vec_dot_fn)(int64_t n, float *out, const void *x, const void *y);
+
+struct qtype_traits {
+    const char *name; /* ggml's name: "q4_K", "f32", ... */
+    int64_t blck_size;
+    size_t type_size; /* bytes per block */
+    qt_to_float_fn to_float;
+    qt_from_float_fn from_float;
+    enum qtype vec_dot_type;
+    qt_vec_dot_fn vec_dot;
+};
+
+/* NULL for ids that are unknown or not supported (e.g. IQ types for now). */
+const struct qtype_traits *qtype_traits(uint32_t type);
+const char *qtype_name(uint32_t type); /* "type 23" style text for unknown ids, never NULL */
+/* Bytes of a row of n values; n must be a multiple of the block size. */
+size_t qtype_row_size(enum qtype type, int64_t n);
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f); /* round to nearest even, as ggml */
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f); /* round to nearest even, NaN kept quiet, as ggml */
+
+#endif

@@ -1,0 +1,65 @@
+/* Tokenizers named by tokenizer.ggml.model: "llama" (SentencePiece BPE with byte fallback)
+ * now; byte-level BPE ("gpt2") joins later. Detokenization streams UTF-8 safely. */
+#ifndef MOERUN_TOKENIZER_H
+#define MOERUN_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct gguf_file;
+
+/* llama.cpp's token types (tokenizer.ggml.token_type). */
+enum token_type {
+    TOKEN_UNDEFINED = 0,
+    TOKEN_NORMAL = 1,
+    TOKEN_UNKNOWN = 2,
+    TOKEN_CONTROL = 3,
+    TOKEN_USER_DEFINED = 4,
+    TOKEN_UNUSED = 5,
+    TOKEN_BYTE = 6,
+};
+
+enum tokenizer_kind { TOKENIZER_SPM = 1 };
+
+struct tokenizer; /* opaque */
+
+/* Reads tokenizer.ggml.* from an open file (the strings stay views into its map, so the file
+ * must outlive the tokenizer). Returns NULL with err set naming the file and key. */
+struct tokenizer *tokenizer_load(const struct gguf_file *f);
+void tokenizer_free(struct tokenizer *t);
+
+int32_t tokenizer_n_vocab(const struct tokenizer *t);
+int32_t tokenizer_bos(const struct tokenizer *t); /* -1 when the file has none */
+int32_t tokenizer_eos(const struct tokenizer *t); /* -1 when the file has none */
+int tokenizer_add_bos(const struct tokenizer *t); /* tokenizer.ggml.add_bos_token, default 1 */
+/* True for ids that end generation (EOS, EOT and the like). */
+int tokenizer_is_eog(const struct tokenizer *t, int32_t id);
+
+/* Tokenizes len bytes of text. add_bos prepends BOS; parse_special matches control and
+ * user-defined token texts in the input. Returns the number of ids written to *out (a
+ * malloc'd array the caller frees), or -1 with err set. */
+int64_t tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int add_bos,
+                         int parse_special, int32_t **out);
+
+/* The bytes a token stands for when printed: byte tokens <0xXX> give their byte, U+2581
+ * becomes a space, control tokens give "" unless show_special. Returns length written (at
+ * most cap), or -1 for an id out of range (err set). */
+int tokenizer_piece(const struct tokenizer *t, int32_t id, int show_special, char *buf,
+                    size_t cap);
+
+/* Streaming detokenizer: feed pieces, get back only complete UTF-8 characters; a character
+ * split over several tokens is emitted once it is whole. Invalid sequences come out as
+ * U+FFFD rather than being held forever. */
+struct detok_stream {
+    char pending[8];
+    int n_pending;
+    int at_start; /* SPM: drop the leading space of the first piece after BOS */
+};
+void detok_init(struct detok_stream *d, int strip_leading_space);
+/* Appends complete characters of (pending + piece) to out (cap bytes, at least len + 8);
+ * returns bytes written. */
+size_t detok_push(struct detok_stream *d, const char *piece, size_t len, char *out, size_t cap);
+/* Emits whatever is left (as U+FFFD for an incomplete character). */
+size_t detok_flush(struct detok_stream *d, char *out, size_t cap);
+
+#endif
