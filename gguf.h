@@ -37,8 +37,9 @@ struct gguf_kv {
     enum gguf_type type;     /* value type; GGUF_TYPE_ARRAY for arrays */
     enum gguf_type arr_type; /* element type when type == GGUF_TYPE_ARRAY */
     uint64_t arr_n;          /* element count when type == GGUF_TYPE_ARRAY */
-    const uint8_t *value;    /* first byte of the value (for arrays: of the first element) */
-    uint64_t value_size;     /* bytes the value occupies in the file */
+    const uint8_t *value;    /* first byte of the value (for arrays: of the first element);
+                                a string is stored as its u64 length, then its bytes */
+    uint64_t value_size;     /* bytes the value occupies in the file (arrays: all elements) */
 };
 
 struct gguf_tensor {
