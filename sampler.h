@@ -19,6 +19,8 @@ void sampler_params_default(struct sampler_params *p);
 
 struct sampler; /* opaque; owns its scratch, sized at init */
 
+/* NULL with err set when a parameter is out of range (temp < 0, top_p outside (0, 1], min_p
+ * outside [0, 1], repeat_penalty <= 0, repeat_last_n < 0, NaN anywhere, n_vocab <= 0). */
 struct sampler *sampler_new(const struct sampler_params *p, int32_t n_vocab);
 void sampler_free(struct sampler *s);
 /* Records a token (prompt or generated) for the repetition window. */

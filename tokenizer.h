@@ -34,6 +34,14 @@ int32_t tokenizer_eos(const struct tokenizer *t); /* -1 when the file has none *
 int tokenizer_add_bos(const struct tokenizer *t); /* tokenizer.ggml.add_bos_token, default 1 */
 /* True for ids that end generation (EOS, EOT and the like). */
 int tokenizer_is_eog(const struct tokenizer *t, int32_t id);
+int tokenizer_add_eos(const struct tokenizer *t);          /* add_eos_token, default 0 */
+int tokenizer_add_space_prefix(const struct tokenizer *t); /* add_space_prefix, default 1 */
+/* Bytes the longest piece can take: a buffer this big never fails tokenizer_piece. */
+int tokenizer_max_piece(const struct tokenizer *t);
+/* The id whose text is exactly text[0..len) (e.g. "<|im_start|>"), or -1. */
+int32_t tokenizer_find(const struct tokenizer *t, const char *text, size_t len);
+/* TOKEN_UNDEFINED for ids out of range. */
+enum token_type tokenizer_token_type(const struct tokenizer *t, int32_t id);
 
 /* Tokenizes len bytes of text. add_bos prepends BOS; parse_special matches control and
  * user-defined token texts in the input. Returns the number of ids written to *out (a
@@ -43,7 +51,7 @@ int64_t tokenizer_encode(const struct tokenizer *t, const char *text, size_t len
 
 /* The bytes a token stands for when printed: byte tokens <0xXX> give their byte, U+2581
  * becomes a space, control tokens give "" unless show_special. Returns length written (at
- * most cap), or -1 for an id out of range (err set). */
+ * most cap), or -1 for an id out of range or cap < tokenizer_max_piece's need (err set). */
 int tokenizer_piece(const struct tokenizer *t, int32_t id, int show_special, char *buf,
                     size_t cap);
 
@@ -56,10 +64,13 @@ struct detok_stream {
     int at_start; /* SPM: drop the leading space of the first piece after BOS */
 };
 void detok_init(struct detok_stream *d, int strip_leading_space);
-/* Appends complete characters of (pending + piece) to out (cap bytes, at least len + 8);
+/* Output room detok_push needs for a piece of len bytes: every invalid byte can become a
+ * 3-byte U+FFFD, so len + 8 is not enough. A smaller cap is a caller bug (die). */
+#define DETOK_OUT_CAP(len) (3 * (size_t)(len) + 12)
+/* Appends complete characters of (pending + piece) to out (cap >= DETOK_OUT_CAP(len));
  * returns bytes written. */
 size_t detok_push(struct detok_stream *d, const char *piece, size_t len, char *out, size_t cap);
-/* Emits whatever is left (as U+FFFD for an incomplete character). */
+/* Emits whatever is left (as U+FFFD for an incomplete character); cap >= 3. */
 size_t detok_flush(struct detok_stream *d, char *out, size_t cap);
 
 #endif
