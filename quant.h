@@ -29,7 +29,8 @@ enum qtype {
 /* to_float: n values (multiple of blck_size) from blocks to floats.
  * from_float: reference quantization, the same bytes ggml's *_ref functions write.
  * vec_dot: sum over n of x (this type) times y (vec_dot_type), the way ggml's generic CPU
- *          kernels compute it (integer block products for the quantized types). */
+ *          kernels compute it (integer block products for the quantized types); NULL for
+ *          the activation-only types Q8_1 and Q8_K. */
 typedef void (*qt_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*qt_from_float_fn)(const float *src, void *dst, int64_t n);
 typedef void (*qt_vec_dot_fn)(int64_t n, float *out, const void *x, const void *y);
@@ -40,6 +41,10 @@ struct qtype_traits {
     size_t type_size; /* bytes per block */
     qt_to_float_fn to_float;
     qt_from_float_fn from_float;
+    /* How ggml-cpu on x86 quantizes activations into this type (use it on the vec_dot_type
+     * row): differs from from_float only for Q8_0 and Q8_1 (AVX path: 127/amax and
+     * round-half-even instead of the reference 1/d and roundf). */
+    qt_from_float_fn from_float_act;
     enum qtype vec_dot_type;
     qt_vec_dot_fn vec_dot;
 };
@@ -47,8 +52,15 @@ struct qtype_traits {
 /* NULL for ids that are unknown or not supported (e.g. IQ types for now). */
 const struct qtype_traits *qtype_traits(uint32_t type);
 const char *qtype_name(uint32_t type); /* "type 23" style text for unknown ids, never NULL */
-/* Bytes of a row of n values; n must be a multiple of the block size. */
+/* Bytes of a row of n values; 0 when n is not a multiple of the block size or the type is
+ * unknown. */
 size_t qtype_row_size(enum qtype type, int64_t n);
+
+/* The portable C kernel of a type's vec_dot (traits' vec_dot may pick an AVX2 one at run
+ * time); for tests and for comparing paths. NULL where traits' vec_dot is NULL. */
+qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type);
+/* 1 when traits' vec_dot uses the AVX2+FMA kernels on this CPU, 0 for portable C only. */
+int qtype_simd_level(void);
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f); /* round to nearest even, as ggml */

@@ -1,0 +1,1694 @@
+/* Block formats byte-identical to ggml (ggml-common.h layouts), with ggml's reference
+ * quantizers (no importance matrix), its dequantizers and its generic CPU dot products.
+ *
+ * Exactness rules that shape this file:
+ *  - Dequantization and quantization must round exactly like ggml-base, which is built
+ *    without FMA: every product that ggml rounds separately is rounded separately here
+ *    (clang is told not to contract; gcc does not contract in ISO C mode).
+ *  - Activations are quantized as ggml-cpu does on x86 (AVX path for Q8_0/Q8_1: scale
+ *    127/amax and round-half-even; reference path for Q8_K), see from_float_act. */
+#include "quant.h"
+
+#include "util.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QT_X86 1
+#include <immintrin.h>
+#else
+#define QT_X86 0
+#endif
+
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#define QK32 32 /* block size of the legacy formats */
+#define QK_K 256
+#define K_SCALE_SIZE 12
+#define GROUP_MAX_EPS 1e-15f /* ggml treats a group below this as all zero */
+
+/* ============================================================================
+ * Half precision and bfloat16
+ * ========================================================================== */
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000 | (man << 13));
+    if (exp != 0) return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+    /* subnormal or zero: man * 2^-24 is exact in float */
+    float v = (float)man * 0x1p-24f;
+    return sign ? -v : v;
+}
+
+/* Subnormal results: round the 24-bit significand shifted into units of 2^-24. */
+static uint16_t f16_subnormal(uint32_t abs_bits) {
+    if (abs_bits < 0x33000000) return 0; /* at most 2^-25: ties to the even zero */
+    uint32_t exp = abs_bits >> 23;
+    uint32_t man = (abs_bits & 0x7fffff) | 0x800000;
+    uint32_t shift = 126 - exp;
+    uint32_t h = man >> shift;
+    uint32_t rem = man & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) h++;
+    return (uint16_t)h;
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t ax = x & 0x7fffffff;
+    if (ax > 0x7f800000) return sign | 0x7e00;  /* NaN: ggml's scalar path drops the payload */
+    if (ax >= 0x477ff000) return sign | 0x7c00; /* rounds to or beyond infinity */
+    if (ax < 0x38800000) return sign | f16_subnormal(ax);
+    uint32_t r = ax - 0x38000000; /* rebias the exponent from 127 to 15 */
+    return sign | (uint16_t)((r + 0xfff + ((r >> 13) & 1)) >> 13);
+}
+
+float bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 64); /* quiet NaN */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+/* ============================================================================
+ * Block layouts (ggml-common.h). d/m/s/dmin are fp16 bit patterns except Q8_K's d.
+ * ========================================================================== */
+
+struct block_q4_0 {
+    uint16_t d;
+    uint8_t qs[QK32 / 2]; /* value j in the low nibble of byte j, value j+16 in the high */
+};
+struct block_q4_1 {
+    uint16_t d, m;
+    uint8_t qs[QK32 / 2];
+};
+struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4]; /* bit j = fifth bit of value j (little-endian u32) */
+    uint8_t qs[QK32 / 2];
+};
+struct block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK32 / 2];
+};
+struct block_q8_0 {
+    uint16_t d;
+    int8_t qs[QK32];
+};
+struct block_q8_1 {
+    uint16_t d, s; /* s = d * sum(qs) */
+    int8_t qs[QK32];
+};
+struct block_q2_K {
+    uint8_t scales[QK_K / 16]; /* low nibble scale, high nibble min */
+    uint8_t qs[QK_K / 4];
+    uint16_t d, dmin;
+};
+struct block_q3_K {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12]; /* 16 six-bit scales biased by 32 */
+    uint16_t d;
+};
+struct block_q4_K {
+    uint16_t d, dmin;
+    uint8_t scales[K_SCALE_SIZE]; /* 8 six-bit scales and 8 six-bit mins */
+    uint8_t qs[QK_K / 2];
+};
+struct block_q5_K {
+    uint16_t d, dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+};
+struct block_q6_K {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+};
+struct block_q8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16]; /* sums of each 16 quants, for the min terms */
+};
+
+_Static_assert(sizeof(struct block_q4_0) == 18, "block_q4_0 size");
+_Static_assert(sizeof(struct block_q4_1) == 20, "block_q4_1 size");
+_Static_assert(sizeof(struct block_q5_0) == 22, "block_q5_0 size");
+_Static_assert(sizeof(struct block_q5_1) == 24, "block_q5_1 size");
+_Static_assert(sizeof(struct block_q8_0) == 34, "block_q8_0 size");
+_Static_assert(sizeof(struct block_q8_1) == 36, "block_q8_1 size");
+_Static_assert(sizeof(struct block_q2_K) == 84, "block_q2_K size");
+_Static_assert(sizeof(struct block_q3_K) == 110, "block_q3_K size");
+_Static_assert(sizeof(struct block_q4_K) == 144, "block_q4_K size");
+_Static_assert(sizeof(struct block_q5_K) == 176, "block_q5_K size");
+_Static_assert(sizeof(struct block_q6_K) == 210, "block_q6_K size");
+_Static_assert(sizeof(struct block_q8_K) == 292, "block_q8_K size");
+
+/* ============================================================================
+ * Shared helpers of the reference quantizers
+ * ========================================================================== */
+
+static int imin(int a, int b) { return a < b ? a : b; }
+static int imax(int a, int b) { return a > b ? a : b; }
+static int iclamp(int v, int lo, int hi) { return imax(lo, imin(hi, v)); }
+
+/* Round half to even via the 1.5*2^23 trick, as ggml does; valid for |f| < 2^22. */
+static int nearest_int(float f) {
+    float v = f + 12582912.f;
+    uint32_t bits = f32_bits(v);
+    return (int)(bits & 0x007fffff) - 0x00400000;
+}
+
+/* The value of largest magnitude (first one on ties) and that magnitude. */
+static float signed_absmax(int n, const float *x, float *amax_out) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    *amax_out = amax;
+    return max;
+}
+
+/* Sum of w*x*l and w*l*l for levels l = clamp(round(iscale*x)), weights w = x^2. */
+static void qx_sums(int n, int nmax, const float *x, float iscale, float *sumlx, float *suml2) {
+    float slx = 0, sl2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = iclamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        float w = x[i] * x[i];
+        slx += w * x[i] * l;
+        sl2 += w * l * l;
+    }
+    *sumlx = slx;
+    *suml2 = sl2;
+}
+
+static void qx_levels(int n, int nmax, const float *x, float iscale, int8_t *L) {
+    for (int i = 0; i < n; ++i)
+        L[i] = (int8_t)(nmax + iclamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+}
+
+/* Symmetric levels in [0, 2*nmax) with the scale that minimises the x^2-weighted error over
+ * 19 candidate inverse scales (ggml's make_qx_quants, rmse_type 1, no importance weights). */
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
+    float amax;
+    float max = signed_absmax(n, x, &amax);
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx, suml2;
+    qx_sums(n, nmax, x, iscale, &sumlx, &suml2);
+    qx_levels(n, nmax, x, iscale, L);
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        qx_sums(n, nmax, x, iscale, &sumlx, &suml2);
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            qx_levels(n, nmax, x, iscale, L);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* One pass of coordinate descent over the levels; returns how many changed. */
+static int q3_refine_pass(int n, int nmax, const float *x, int8_t *L, float *sumlx, float *suml2) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+        float w = x[i] * x[i];
+        float slx = *sumlx - w * x[i] * L[i];
+        if (slx <= 0) continue;
+        float sl2 = *suml2 - w * L[i] * L[i];
+        int new_l = iclamp(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
+        if (new_l == L[i]) continue;
+        slx += w * x[i] * new_l;
+        sl2 += w * new_l * new_l;
+        if (sl2 > 0 && slx * slx * *suml2 > *sumlx * *sumlx * sl2) {
+            L[i] = (int8_t)new_l;
+            *sumlx = slx;
+            *suml2 = sl2;
+            ++n_changed;
+        }
+    }
+    return n_changed;
+}
+
+/* ggml's make_q3_quants with do_rmse: start from the max-based levels, then up to 5 passes
+ * of per-element improvement of the weighted least-squares fit. */
+static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
+    float amax;
+    float max = signed_absmax(n, x, &amax);
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = iclamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)l;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry)
+        if (!q3_refine_pass(n, nmax, x, L, &sumlx, &suml2)) break;
+    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+struct qkx_params {
+    int nmax;
+    float rmin, rdelta;
+    int nstep;
+    int use_mad; /* absolute instead of squared error */
+};
+
+static float qkx_error(int n, const float *x, const float *w, const uint8_t *L, float scale,
+                       float min, int use_mad) {
+    float err = 0;
+    for (int i = 0; i < n; ++i) {
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        err += w[i] * diff;
+    }
+    return err;
+}
+
+/* Least-squares fit of scale and (non-positive) min to levels computed with one candidate
+ * inverse scale; returns 0 when the system is singular. */
+static int qkx_fit(int n, const float *x, const float *w, uint8_t *Laux, float iscale, float min,
+                   int nmax, float sum_w, float sum_x, float *scale_out, float *min_out) {
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = iclamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
+        Laux[i] = (uint8_t)l;
+        sum_l += w[i] * l;
+        sum_l2 += w[i] * l * l;
+        sum_xl += w[i] * l * x[i];
+    }
+    float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (!(D > 0)) return 0;
+    float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+    float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+    if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+    }
+    *scale_out = this_scale;
+    *min_out = this_min;
+    return 1;
+}
+
+/* ggml's make_qkx2_quants: asymmetric levels in [0, nmax], x ~ scale*L + min with min <= 0,
+ * searching nstep+1 inverse scales around nmax/(max-min). Returns scale, *neg_min = -min. */
+static float make_qkx2_quants(int n, const float *x, const float *w, uint8_t *L, float *neg_min,
+                              uint8_t *Laux, const struct qkx_params *p) {
+    float min = x[0], max = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -min;
+        return 0.f;
+    }
+    float iscale = p->nmax / (max - min);
+    float scale = 1 / iscale;
+    for (int i = 0; i < n; ++i)
+        L[i] = (uint8_t)iclamp(nearest_int(iscale * (x[i] - min)), 0, p->nmax);
+    float best_error = qkx_error(n, x, w, L, scale, min, p->use_mad);
+    for (int is = 0; is <= p->nstep; ++is) {
+        iscale = (p->rmin + p->rdelta * is + p->nmax) / (max - min);
+        float this_scale, this_min;
+        if (!qkx_fit(n, x, w, Laux, iscale, min, p->nmax, sum_w, sum_x, &this_scale, &this_min))
+            continue;
+        float cur_error = qkx_error(n, x, w, Laux, this_scale, this_min, p->use_mad);
+        if (cur_error < best_error) {
+            memcpy(L, Laux, (size_t)n);
+            best_error = cur_error;
+            scale = this_scale;
+            min = this_min;
+        }
+    }
+    *neg_min = -min;
+    return scale;
+}
+
+/* Q4_K/Q5_K: 8 six-bit scales and mins packed in 12 bytes. */
+static void k4_get_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+static void k4_set_scale_min(int j, uint8_t *q, uint8_t ls, uint8_t lm) {
+    if (j < 4) {
+        q[j] = ls;
+        q[j + 4] = lm;
+    } else {
+        q[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+        q[j - 4] |= (uint8_t)((ls >> 4) << 6);
+        q[j] |= (uint8_t)((lm >> 4) << 6);
+    }
+}
+
+/* Q3_K: 16 six-bit scales, low nibbles in bytes 0..7, high bit pairs in bytes 8..11. */
+static int q3k_scale(const uint8_t *s, int j) {
+    int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;
+    int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+/* Sub-block of 32 levels (0..nmax) for Q4_K/Q5_K, weighted by rms + |x| as ggml does. */
+static float k4_subblock(const float *x, uint8_t *L, float *neg_min, int nmax, float rmin,
+                         int nstep) {
+    float w[32];
+    uint8_t Laux[32];
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += x[l] * x[l];
+    float av_x = sqrtf(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[l]);
+    struct qkx_params p = {nmax, rmin, 0.1f, nstep, 0};
+    return make_qkx2_quants(32, x, w, L, neg_min, Laux, &p);
+}
+
+/* Shared Q4_K/Q5_K super-block header: quantize scales and mins to 6 bits, then recompute
+ * the levels against the stored (rounded) scales. */
+static void k4_quantize_superblock(const float *x, uint8_t *L, int nmax, float rmin, int nstep,
+                                   uint16_t *d_out, uint16_t *dmin_out, uint8_t *scales) {
+    float mins[8], sc[8];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        sc[j] = k4_subblock(x + 32 * j, L + 32 * j, &mins[j], nmax, rmin, nstep);
+        if (sc[j] > max_scale) max_scale = sc[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    memset(scales, 0, K_SCALE_SIZE);
+    for (int j = 0; j < 8; ++j) {
+        uint8_t ls = (uint8_t)nearest_int(inv_scale * sc[j]);
+        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        k4_set_scale_min(j, scales, ls < 63 ? ls : 63, lm < 63 ? lm : 63);
+    }
+    *d_out = f32_to_f16(max_scale / 63.f);
+    *dmin_out = f32_to_f16(max_min / 63.f);
+    for (int j = 0; j < 8; ++j) {
+        uint8_t s, m;
+        k4_get_scale_min(j, scales, &s, &m);
+        const float d = f16_to_f32(*d_out) * s;
+        if (!d) continue;
+        const float dm = f16_to_f32(*dmin_out) * m;
+        for (int ii = 0; ii < 32; ++ii)
+            L[32 * j + ii] = (uint8_t)iclamp(nearest_int((x[32 * j + ii] + dm) / d), 0, nmax);
+    }
+}
+
+/* Q2_K/Q3_K 2-bit packing: byte l of each 32-byte group holds values l, l+32, l+64, l+96. */
+static void pack_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) |
+                                      (L[j + l + 96] << 6));
+}
+
+/* ============================================================================
+ * F32
+ * ========================================================================== */
+
+static void f32_to_float(const void *src, float *dst, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void f32_from_float(const float *src, void *dst, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void vec_dot_f32(int64_t n, float *out, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(x[i] * y[i]);
+    *out = (float)sum;
+}
+
+/* ============================================================================
+ * F16
+ * ========================================================================== */
+
+static void f16_row_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]);
+}
+
+static void f16_row_from_float(const float *src, void *dst, int64_t n) {
+    uint16_t *h = dst;
+    for (int64_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]);
+}
+
+/* Products of two halves are exact in float; ggml sums them in double. */
+static void vec_dot_f16(int64_t n, float *out, const void *vx, const void *vy) {
+    const uint16_t *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(f16_to_f32(x[i]) * f16_to_f32(y[i]));
+    *out = (float)sum;
+}
+
+/* ============================================================================
+ * BF16
+ * ========================================================================== */
+
+static void bf16_row_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]);
+}
+
+static void bf16_row_from_float(const float *src, void *dst, int64_t n) {
+    uint16_t *h = dst;
+    for (int64_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]);
+}
+
+static void vec_dot_bf16(int64_t n, float *out, const void *vx, const void *vy) {
+    const uint16_t *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(bf16_to_f32(x[i]) * bf16_to_f32(y[i]));
+    *out = (float)sum;
+}
+
+/* ============================================================================
+ * Q4_0: d * (q - 8), q in 0..15
+ * ========================================================================== */
+
+static void q4_0_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q4_0 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < QK32 / 2; ++j) {
+            dst[j] = ((b[i].qs[j] & 0x0F) - 8) * d;
+            dst[j + QK32 / 2] = ((b[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+static void q4_0_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q4_0 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float amax;
+        const float max = signed_absmax(QK32, x, &amax);
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        b[i].d = f32_to_f16(d);
+        for (int j = 0; j < QK32 / 2; ++j) {
+            int q0 = imin(15, (int)(x[j] * id + 8.5f));
+            int q1 = imin(15, (int)(x[j + QK32 / 2] * id + 8.5f));
+            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+static void vec_dot_q4_0_q8_0(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q4_0 *x = vx;
+    const struct block_q8_0 *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK32 / 2; ++j) {
+            sumi += ((x[i].qs[j] & 0x0F) - 8) * y[i].qs[j];
+            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK32 / 2];
+        }
+        sumf += sumi * f16_to_f32(x[i].d) * f16_to_f32(y[i].d);
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q4_1: d * q + m, q in 0..15
+ * ========================================================================== */
+
+static void q4_1_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q4_1 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d), m = f16_to_f32(b[i].m);
+        for (int j = 0; j < QK32 / 2; ++j) {
+            const float v0 = (b[i].qs[j] & 0x0F) * d;
+            const float v1 = (b[i].qs[j] >> 4) * d;
+            dst[j] = v0 + m;
+            dst[j + QK32 / 2] = v1 + m;
+        }
+    }
+}
+
+static void min_max(int n, const float *x, float *min_out, float *max_out) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < n; ++j) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    *min_out = min;
+    *max_out = max;
+}
+
+static void q4_1_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q4_1 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float min, max;
+        min_max(QK32, x, &min, &max);
+        const float d = (max - min) / 15;
+        const float id = d ? 1.0f / d : 0.0f;
+        b[i].d = f32_to_f16(d);
+        b[i].m = f32_to_f16(min);
+        for (int j = 0; j < QK32 / 2; ++j) {
+            int q0 = imin(15, (int)((x[j] - min) * id + 0.5f));
+            int q1 = imin(15, (int)((x[j + QK32 / 2] - min) * id + 0.5f));
+            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+static void vec_dot_q4_1_q8_1(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q4_1 *x = vx;
+    const struct block_q8_1 *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK32 / 2; ++j) {
+            sumi += (x[i].qs[j] & 0x0F) * y[i].qs[j];
+            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + QK32 / 2];
+        }
+        const float dd = f16_to_f32(x[i].d) * f16_to_f32(y[i].d);
+        const float ms = f16_to_f32(x[i].m) * f16_to_f32(y[i].s);
+        sumf += dd * sumi + ms;
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q5_0: d * (q - 16), q in 0..31 (fifth bit in qh)
+ * ========================================================================== */
+
+static uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static int q5_value(const uint8_t *qs, uint32_t qh, int j) {
+    int nib = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+    return nib | (int)(((qh >> j) & 1) << 4);
+}
+
+static void q5_pack(const uint8_t *q, uint8_t *qs, uint8_t *qh_bytes) {
+    uint32_t qh = 0;
+    for (int j = 0; j < QK32 / 2; ++j) {
+        qs[j] = (uint8_t)((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+        qh |= (uint32_t)((q[j] >> 4) & 1) << j;
+        qh |= (uint32_t)((q[j + 16] >> 4) & 1) << (j + 16);
+    }
+    memcpy(qh_bytes, &qh, sizeof qh);
+}
+
+static void q5_0_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q5_0 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d);
+        const uint32_t qh = load_u32(b[i].qh);
+        for (int j = 0; j < QK32; ++j) dst[j] = (q5_value(b[i].qs, qh, j) - 16) * d;
+    }
+}
+
+static void q5_0_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q5_0 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float amax;
+        const float max = signed_absmax(QK32, x, &amax);
+        const float d = max / -16;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint8_t q[QK32];
+        for (int j = 0; j < QK32; ++j) q[j] = (uint8_t)imin(31, (int)(x[j] * id + 16.5f));
+        b[i].d = f32_to_f16(d);
+        q5_pack(q, b[i].qs, b[i].qh);
+    }
+}
+
+static void vec_dot_q5_0_q8_0(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q5_0 *x = vx;
+    const struct block_q8_0 *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        const uint32_t qh = load_u32(x[i].qh);
+        int sumi = 0;
+        for (int j = 0; j < QK32; ++j) sumi += (q5_value(x[i].qs, qh, j) - 16) * y[i].qs[j];
+        sumf += (f16_to_f32(x[i].d) * f16_to_f32(y[i].d)) * sumi;
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q5_1: d * q + m, q in 0..31
+ * ========================================================================== */
+
+static void q5_1_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q5_1 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d), m = f16_to_f32(b[i].m);
+        const uint32_t qh = load_u32(b[i].qh);
+        for (int j = 0; j < QK32; ++j) {
+            const float v = q5_value(b[i].qs, qh, j) * d;
+            dst[j] = v + m;
+        }
+    }
+}
+
+static void q5_1_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q5_1 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float min, max;
+        min_max(QK32, x, &min, &max);
+        const float d = (max - min) / 31;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint8_t q[QK32];
+        for (int j = 0; j < QK32; ++j) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
+        b[i].d = f32_to_f16(d);
+        b[i].m = f32_to_f16(min);
+        q5_pack(q, b[i].qs, b[i].qh);
+    }
+}
+
+static void vec_dot_q5_1_q8_1(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q5_1 *x = vx;
+    const struct block_q8_1 *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        const uint32_t qh = load_u32(x[i].qh);
+        int sumi = 0;
+        for (int j = 0; j < QK32; ++j) sumi += q5_value(x[i].qs, qh, j) * y[i].qs[j];
+        const float dd = f16_to_f32(x[i].d) * f16_to_f32(y[i].d);
+        const float ms = f16_to_f32(x[i].m) * f16_to_f32(y[i].s);
+        sumf += dd * sumi + ms;
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q8_0: d * q. Weights use ggml's reference quantizer (1/d, roundf); activations the x86
+ * AVX one (127/amax, round half to even), which llama.cpp's CPU backend runs.
+ * ========================================================================== */
+
+static void q8_0_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < QK32; ++j) dst[j] = b[i].qs[j] * d;
+    }
+}
+
+static float absmax(int n, const float *x) {
+    float amax = 0;
+    for (int j = 0; j < n; ++j) amax = fmaxf(amax, fabsf(x[j]));
+    return amax;
+}
+
+static void q8_0_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        const float d = absmax(QK32, x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        b[i].d = f32_to_f16(d);
+        for (int j = 0; j < QK32; ++j) b[i].qs[j] = (int8_t)roundf(x[j] * id);
+    }
+}
+
+/* The x86 activation rounding: returns sum(q) for Q8_1's s. */
+static int q8_act_block(const float *x, int8_t *qs, float *d_out) {
+    const float amax = absmax(QK32, x);
+    const float d = amax / 127.f;
+    const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < QK32; ++j) {
+        qs[j] = (int8_t)nearest_int(x[j] * id);
+        sum += qs[j];
+    }
+    *d_out = d;
+    return sum;
+}
+
+static void q8_0_from_float_act(const float *x, void *dst, int64_t n) {
+    struct block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float d;
+        q8_act_block(x, b[i].qs, &d);
+        b[i].d = f32_to_f16(d);
+    }
+}
+
+static void vec_dot_q8_0_q8_0(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q8_0 *x = vx, *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK32; ++j) sumi += x[i].qs[j] * y[i].qs[j];
+        sumf += sumi * (f16_to_f32(x[i].d) * f16_to_f32(y[i].d));
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q8_1: activation partner of Q4_1/Q5_1; s = d * sum(q) carries the min term.
+ * ========================================================================== */
+
+static void q8_1_to_float(const void *src, float *dst, int64_t n) {
+    const struct block_q8_1 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < QK32; ++j) dst[j] = b[i].qs[j] * d;
+    }
+}
+
+static void q8_1_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        const float d = absmax(QK32, x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK32; ++j) {
+            b[i].qs[j] = (int8_t)roundf(x[j] * id);
+            sum += b[i].qs[j];
+        }
+        b[i].d = f32_to_f16(d);
+        b[i].s = f32_to_f16(sum * d);
+    }
+}
+
+static void q8_1_from_float_act(const float *x, void *dst, int64_t n) {
+    struct block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / QK32; ++i, x += QK32) {
+        float d;
+        int sum = q8_act_block(x, b[i].qs, &d);
+        b[i].d = f32_to_f16(d);
+        b[i].s = f32_to_f16(d * sum);
+    }
+}
+
+/* ============================================================================
+ * Q2_K: 16 groups of 16, x = d*sc*q - dmin*m with 4-bit sc, m and 2-bit q
+ * ========================================================================== */
+
+static void q2_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q2_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = f16_to_f32(b[i].d), min = f16_to_f32(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        int is = 0;
+        for (int half = 0; half < 2; ++half, q += 32) {
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int part = 0; part < 2; ++part) {
+                    const uint8_t sc = b[i].scales[is++];
+                    const float dl = d * (sc & 0xF), ml = min * (sc >> 4);
+                    for (int l = 0; l < 16; ++l) {
+                        const float v = dl * ((q[l + 16 * part] >> shift) & 3);
+                        *y++ = v - ml;
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void q2_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q2_K *b = dst;
+    const float q4scale = 15.f;
+    const struct qkx_params p = {3, -0.5f, 0.1f, 15, 1};
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        uint8_t L[QK_K], Laux[16];
+        float w[16], mins[16], scales[16];
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 16; ++j) {
+            for (int l = 0; l < 16; ++l) w[l] = fabsf(x[16 * j + l]);
+            scales[j] = make_qkx2_quants(16, x + 16 * j, w, L + 16 * j, &mins[j], Laux, &p);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        memset(b[i].scales, 0, sizeof b[i].scales);
+        b[i].d = f32_to_f16(0.f);
+        b[i].dmin = f32_to_f16(0.f);
+        if (max_scale > 0) {
+            const float iscale = q4scale / max_scale;
+            for (int j = 0; j < 16; ++j) b[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            b[i].d = f32_to_f16(max_scale / q4scale);
+        }
+        if (max_min > 0) {
+            const float iscale = q4scale / max_min;
+            for (int j = 0; j < 16; ++j)
+                b[i].scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            b[i].dmin = f32_to_f16(max_min / q4scale);
+        }
+        for (int j = 0; j < 16; ++j) {
+            const float d = f16_to_f32(b[i].d) * (b[i].scales[j] & 0xF);
+            if (!d) continue;
+            const float dm = f16_to_f32(b[i].dmin) * (b[i].scales[j] >> 4);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (uint8_t)iclamp(nearest_int((x[16 * j + ii] + dm) / d), 0, 3);
+        }
+        pack_2bit(L, b[i].qs);
+    }
+}
+
+static void vec_dot_q2_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q2_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const uint8_t *q2 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        const uint8_t *sc = x[i].scales;
+        int summs = 0;
+        for (int j = 0; j < 16; ++j) summs += y[i].bsums[j] * (sc[j] >> 4);
+        const float dall = y[i].d * f16_to_f32(x[i].d);
+        const float dmin = y[i].d * f16_to_f32(x[i].dmin);
+        int isum = 0, is = 0;
+        for (int half = 0; half < 2; ++half, q2 += 32) {
+            for (int shift = 0; shift < 8; shift += 2, q8 += 32) {
+                for (int part = 0; part < 2; ++part) {
+                    int isuml = 0;
+                    for (int l = 16 * part; l < 16 * part + 16; ++l)
+                        isuml += q8[l] * ((q2[l] >> shift) & 3);
+                    isum += (sc[is++] & 0xF) * isuml;
+                }
+            }
+        }
+        sumf += dall * isum - dmin * summs;
+    }
+    *out = sumf;
+}
+
+/* ============================================================================
+ * Q3_K: 16 groups of 16, x = d*(sc-32)*(q-4), q = 2 low bits + high bit from hmask
+ * ========================================================================== */
+
+/* The 256 signed levels (-4..3) of a Q3_K block, in value order. */
+static void q3_K_levels(const struct block_q3_K *b, int8_t *a) {
+    const uint8_t *q = b->qs;
+    uint8_t m = 1;
+    for (int half = 0; half < 2; ++half, q += 32) {
+        for (int shift = 0; shift < 8; shift += 2, m <<= 1, a += 32) {
+            for (int l = 0; l < 32; ++l)
+                a[l] = (int8_t)(((q[l] >> shift) & 3) - ((b->hmask[l] & m) ? 0 : 4));
+        }
+    }
+}
+
+static void q3_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q3_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d_all = f16_to_f32(b[i].d);
+        int8_t a[QK_K];
+        q3_K_levels(&b[i], a);
+        /* ggml walks scales in the order of its 2-bit planes: 16 values per scale */
+        for (int j = 0; j < 16; ++j) {
+            const float dl = d_all * q3k_scale(b[i].scales, j);
+            for (int l = 0; l < 16; ++l) y[16 * j + l] = dl * a[16 * j + l];
+        }
+        y += QK_K;
+    }
+}
+
+static void q3_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q3_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        int8_t L[QK_K];
+        float scales[16];
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; ++j) {
+            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+            const float scale = fabsf(scales[j]);
+            if (scale > amax) {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+        memset(b[i].scales, 0, 12);
+        if (max_scale) {
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; ++j) {
+                int8_t l8 = (int8_t)nearest_int(iscale * scales[j]);
+                int l = iclamp(l8, -32, 31) + 32;
+                if (j < 8)
+                    b[i].scales[j] = (uint8_t)(l & 0xF);
+                else
+                    b[i].scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
+                b[i].scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+            }
+            b[i].d = f32_to_f16(1 / iscale);
+        } else {
+            b[i].d = f32_to_f16(0.f);
+        }
+        for (int j = 0; j < 16; ++j) {
+            const float d = f16_to_f32(b[i].d) * q3k_scale(b[i].scales, j);
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (int8_t)(iclamp(nearest_int(x[16 * j + ii] / d), -4, 3) + 4);
+        }
+        memset(b[i].hmask, 0, sizeof b[i].hmask);
+        uint8_t Lu[QK_K];
+        for (int j = 0; j < QK_K; ++j) {
+            /* high bit of value j goes to byte j%32, bit j/32 */
+            if (L[j] > 3) b[i].hmask[j % 32] |= (uint8_t)(1 << (j / 32));
+            Lu[j] = (uint8_t)(L[j] > 3 ? L[j] - 4 : L[j]);
+        }
+        pack_2bit(Lu, b[i].qs);
+    }
+}
+
+/* Integer products of 16-value groups accumulated in 8 lanes, then scaled, as ggml's
+ * generic K-quant kernels do (shared by Q3_K..Q6_K). */
+typedef void (*k_lane_sums_fn)(const int8_t *a, const int8_t *q8, const int *group_scale,
+                               int group, int32_t *aux32);
+
+static void k_lane_sums(const int8_t *a, const int8_t *q8, const int *group_scale, int group,
+                        int32_t *aux32) {
+    memset(aux32, 0, 8 * sizeof *aux32);
+    for (int j = 0; j < QK_K / 8; ++j) {
+        const int scale = group_scale[(j * 8) / group];
+        for (int l = 0; l < 8; ++l) aux32[l] += scale * (q8[8 * j + l] * a[8 * j + l]);
+    }
+}
+
+static void vec_dot_q3_K_impl(int64_t n, float *out, const void *vx, const void *vy,
+                                k_lane_sums_fn lane_sums) {
+    const struct block_q3_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float sums[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scales[16];
+        int32_t aux32[8];
+        q3_K_levels(&x[i], a);
+        for (int j = 0; j < 16; ++j) scales[j] = q3k_scale(x[i].scales, j);
+        lane_sums(a, y[i].qs, scales, 16, aux32);
+        const float d = f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
+    }
+    float sumf = 0;
+    for (int l = 0; l < 8; ++l) sumf += sums[l];
+    *out = sumf;
+}
+
+static void vec_dot_q3_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q3_K_impl(n, out, vx, vy, k_lane_sums);
+}
+
+/* ============================================================================
+ * Q4_K: 8 groups of 32, x = d*sc*q - dmin*m with 6-bit sc, m and 4-bit q
+ * ========================================================================== */
+
+static void q4_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q4_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = f16_to_f32(b[i].d), min = f16_to_f32(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        for (int j = 0; j < 8; j += 2, q += 32) {
+            uint8_t sc, m;
+            k4_get_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = min * m;
+            k4_get_scale_min(j + 1, b[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = min * m;
+            for (int l = 0; l < 32; ++l) {
+                const float v = d1 * (q[l] & 0xF);
+                *y++ = v - m1;
+            }
+            for (int l = 0; l < 32; ++l) {
+                const float v = d2 * (q[l] >> 4);
+                *y++ = v - m2;
+            }
+        }
+    }
+}
+
+static void q4_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q4_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        uint8_t L[QK_K];
+        k4_quantize_superblock(x, L, 15, -1.f, 20, &b[i].d, &b[i].dmin, b[i].scales);
+        uint8_t *q = b[i].qs;
+        for (int j = 0; j < QK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+/* Scales and mins of a Q4_K/Q5_K block, and sum over groups of min * bsum. */
+static int k4_scales_mins(const uint8_t *packed, const int16_t *bsums, int *scales) {
+    int summ = 0;
+    for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        k4_get_scale_min(j, packed, &sc, &m);
+        scales[j] = sc;
+        summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
+    }
+    return summ;
+}
+
+static void vec_dot_q4_K_impl(int64_t n, float *out, const void *vx, const void *vy,
+                                k_lane_sums_fn lane_sums) {
+    const struct block_q4_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float sums[8] = {0};
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        const uint8_t *q4 = x[i].qs;
+        for (int j = 0; j < QK_K; j += 64, q4 += 32) {
+            for (int l = 0; l < 32; ++l) a[j + l] = (int8_t)(q4[l] & 0xF);
+            for (int l = 0; l < 32; ++l) a[j + 32 + l] = (int8_t)(q4[l] >> 4);
+        }
+        int scales[8];
+        int32_t aux32[8];
+        const int summ = k4_scales_mins(x[i].scales, y[i].bsums, scales);
+        lane_sums(a, y[i].qs, scales, 32, aux32);
+        const float d = f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
+        const float dmin = f16_to_f32(x[i].dmin) * y[i].d;
+        sumf -= dmin * summ;
+    }
+    for (int l = 0; l < 8; ++l) sumf += sums[l];
+    *out = sumf;
+}
+
+static void vec_dot_q4_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q4_K_impl(n, out, vx, vy, k_lane_sums);
+}
+
+/* ============================================================================
+ * Q5_K: Q4_K plus a fifth bit per value in qh
+ * ========================================================================== */
+
+static void q5_K_levels(const struct block_q5_K *b, int8_t *a) {
+    const uint8_t *ql = b->qs;
+    uint8_t m = 1;
+    for (int j = 0; j < QK_K; j += 64, ql += 32) {
+        for (int l = 0; l < 32; ++l) a[j + l] = (int8_t)((ql[l] & 0xF) + (b->qh[l] & m ? 16 : 0));
+        m <<= 1;
+        for (int l = 0; l < 32; ++l)
+            a[j + 32 + l] = (int8_t)((ql[l] >> 4) + (b->qh[l] & m ? 16 : 0));
+        m <<= 1;
+    }
+}
+
+static void q5_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q5_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        const float d = f16_to_f32(b[i].d), min = f16_to_f32(b[i].dmin);
+        int8_t a[QK_K];
+        q5_K_levels(&b[i], a);
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            k4_get_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = min * m;
+            for (int l = 0; l < 32; ++l) {
+                const float v = d1 * a[32 * j + l];
+                y[32 * j + l] = v - m1;
+            }
+        }
+    }
+}
+
+static void q5_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q5_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        uint8_t L[QK_K];
+        k4_quantize_superblock(x, L, 31, -0.5f, 15, &b[i].d, &b[i].dmin, b[i].scales);
+        uint8_t *ql = b[i].qs;
+        memset(b[i].qh, 0, sizeof b[i].qh);
+        uint8_t m1 = 1, m2 = 2;
+        for (int j = 0; j < QK_K; j += 64, ql += 32, m1 <<= 2, m2 <<= 2) {
+            for (int l = 0; l < 32; ++l) {
+                int l1 = L[j + l], l2 = L[j + l + 32];
+                if (l1 > 15) b[i].qh[l] |= m1;
+                if (l2 > 15) b[i].qh[l] |= m2;
+                ql[l] = (uint8_t)((l1 & 0xF) | ((l2 & 0xF) << 4));
+            }
+        }
+    }
+}
+
+static void vec_dot_q5_K_impl(int64_t n, float *out, const void *vx, const void *vy,
+                                k_lane_sums_fn lane_sums) {
+    const struct block_q5_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float sums[8] = {0};
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scales[8];
+        int32_t aux32[8];
+        q5_K_levels(&x[i], a);
+        const int summ = k4_scales_mins(x[i].scales, y[i].bsums, scales);
+        lane_sums(a, y[i].qs, scales, 32, aux32);
+        const float d = f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
+        const float dmin = f16_to_f32(x[i].dmin) * y[i].d;
+        sumf -= dmin * summ;
+    }
+    for (int l = 0; l < 8; ++l) sumf += sums[l];
+    *out = sumf;
+}
+
+static void vec_dot_q5_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q5_K_impl(n, out, vx, vy, k_lane_sums);
+}
+
+/* ============================================================================
+ * Q6_K: 16 groups of 16, x = d*sc*(q-32) with int8 sc and 6-bit q (4 in ql, 2 in qh)
+ * ========================================================================== */
+
+static void q6_K_levels(const struct block_q6_K *b, int8_t *a) {
+    const uint8_t *ql = b->ql, *qh = b->qh;
+    for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32, a += 128) {
+        for (int l = 0; l < 32; ++l) {
+            a[l] = (int8_t)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            a[l + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            a[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            a[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+static void q6_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q6_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        const float d = f16_to_f32(b[i].d);
+        int8_t a[QK_K];
+        q6_K_levels(&b[i], a);
+        for (int l = 0; l < QK_K; ++l) {
+            const float ds = d * b[i].scales[l / 16];
+            y[l] = ds * a[l];
+        }
+    }
+}
+
+static void q6_K_pack(const int8_t *L, struct block_q6_K *b) {
+    uint8_t *ql = b->ql, *qh = b->qh;
+    for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
+        for (int l = 0; l < 32; ++l) {
+            const int q1 = L[j + l], q2 = L[j + l + 32], q3 = L[j + l + 64], q4 = L[j + l + 96];
+            ql[l] = (uint8_t)((q1 & 0xF) | ((q3 & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((q2 & 0xF) | ((q4 & 0xF) << 4));
+            qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+        }
+    }
+}
+
+static void q6_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q6_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        int8_t L[QK_K];
+        float scales[16];
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < 16; ++ib) {
+            scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            const float abs_scale = fabsf(scales[ib]);
+            if (abs_scale > max_abs_scale) {
+                max_abs_scale = abs_scale;
+                max_scale = scales[ib];
+            }
+        }
+        if (max_abs_scale < GROUP_MAX_EPS) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        const float iscale = -128.f / max_scale;
+        b[i].d = f32_to_f16(1 / iscale);
+        for (int ib = 0; ib < 16; ++ib)
+            b[i].scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
+        for (int j = 0; j < 16; ++j) {
+            const float d = f16_to_f32(b[i].d) * b[i].scales[j];
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (int8_t)(iclamp(nearest_int(x[16 * j + ii] / d), -32, 31) + 32);
+        }
+        q6_K_pack(L, &b[i]);
+    }
+}
+
+static void vec_dot_q6_K_impl(int64_t n, float *out, const void *vx, const void *vy,
+                                k_lane_sums_fn lane_sums) {
+    const struct block_q6_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float sums[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scales[16];
+        int32_t aux32[8];
+        q6_K_levels(&x[i], a);
+        for (int j = 0; j < 16; ++j) scales[j] = x[i].scales[j];
+        lane_sums(a, y[i].qs, scales, 16, aux32);
+        const float d = f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
+    }
+    float sumf = 0;
+    for (int l = 0; l < 8; ++l) sumf += sums[l];
+    *out = sumf;
+}
+
+static void vec_dot_q6_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q6_K_impl(n, out, vx, vy, k_lane_sums);
+}
+
+/* ============================================================================
+ * Q8_K: activation partner of the K-quants; float d, -127..127 levels, 16-value sums.
+ * x86 ggml-cpu uses the reference quantizer for it.
+ * ========================================================================== */
+
+static void q8_K_to_float(const void *src, float *y, int64_t n) {
+    const struct block_q8_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; ++i)
+        for (int j = 0; j < QK_K; ++j) *y++ = b[i].d * b[i].qs[j];
+}
+
+static void q8_K_from_float(const float *x, void *dst, int64_t n) {
+    struct block_q8_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float amax;
+        const float max = signed_absmax(QK_K, x, &amax);
+        memset(b[i].bsums, 0, sizeof b[i].bsums);
+        if (!amax) {
+            b[i].d = 0;
+            memset(b[i].qs, 0, QK_K);
+            continue;
+        }
+        /* -127 rather than -128 so that no level is -128 (ggml's choice for its SIMD dots) */
+        const float iscale = -127.f / max;
+        for (int j = 0; j < QK_K; ++j) b[i].qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int sum = 0;
+            for (int ii = 0; ii < 16; ++ii) sum += b[i].qs[j * 16 + ii];
+            b[i].bsums[j] = (int16_t)sum;
+        }
+        b[i].d = 1 / iscale;
+    }
+}
+
+/* ============================================================================
+ * AVX2 dot products, chosen at run time. Same integer block products as the scalar
+ * kernels; float accumulation order differs (8 lanes, FMA), within ~1e-6 relative.
+ * ========================================================================== */
+
+#if QT_X86 && (defined(__GNUC__) || defined(__clang__))
+#define QT_HAVE_AVX2_KERNELS 1
+#define QT_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* Calling non-VEX code (f16_to_f32) between AVX instructions costs state transitions on
+ * many CPUs; F16C converts in place and exactly (subnormals included). */
+QT_AVX2 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+QT_AVX2 static float hsum_f32x8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Signed int8 x int8 products summed in pairs then quads into 8 int32 lanes. */
+QT_AVX2 static __m256i dot_i8x32(__m256i x, __m256i y) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    const __m256i sy = _mm256_sign_epi8(y, x);
+    const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+QT_AVX2 static __m256i unpack_nibbles_32(const uint8_t *p) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+QT_AVX2 static void vec_dot_q8_0_q8_0_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q8_0 *x = vx, *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8x32(qx, qy)), acc);
+    }
+    *out = hsum_f32x8(acc);
+}
+
+QT_AVX2 static void vec_dot_q4_0_q8_0_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q4_0 *x = vx;
+    const struct block_q8_0 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
+        const __m256i qx = _mm256_sub_epi8(unpack_nibbles_32(x[i].qs), _mm256_set1_epi8(8));
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8x32(qx, qy)), acc);
+    }
+    *out = hsum_f32x8(acc);
+}
+
+/* 0xFF in byte j of the result where bit j of the 32-bit mask is set. */
+QT_AVX2 static __m256i expand_bits_32(const uint8_t *bits) {
+    uint32_t m;
+    memcpy(&m, bits, sizeof m);
+    /* byte j takes byte j/8 of m (shuffles stay within 128-bit halves; every 4 bytes hold m) */
+    const __m256i which = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                            0x0101010101010101LL, 0);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m), which);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+/* Unsigned levels times signed activations, summed over 4 neighbours into 8 float lanes. */
+QT_AVX2 static __m256 dot_u8i8_quads(__m256i u, __m256i s) {
+    const __m256i pairs = _mm256_maddubs_epi16(u, s);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+/* Q4_1/Q5_1 times Q8_1 with llama.cpp's x86 order: per-lane FMA of the block scale product,
+ * the min terms summed apart and added last. Its rounding, not the portable one, is what the
+ * reference logits carry. */
+QT_AVX2 static void vec_dot_q4_1_q8_1_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q4_1 *x = vx;
+    const struct block_q8_1 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        summs += h2f(x[i].m) * h2f(y[i].s);
+        const __m256 dd = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(dd, dot_u8i8_quads(unpack_nibbles_32(x[i].qs), qy), acc);
+    }
+    *out = hsum_f32x8(acc) + summs;
+}
+
+QT_AVX2 static void vec_dot_q5_1_q8_1_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q5_1 *x = vx;
+    const struct block_q8_1 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        summs += h2f(x[i].m) * h2f(y[i].s);
+        const __m256i hi = _mm256_and_si256(expand_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
+        const __m256i qx = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256 dd = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
+        acc = _mm256_fmadd_ps(dot_u8i8_quads(qx, qy), dd, acc);
+    }
+    *out = hsum_f32x8(acc) + summs;
+}
+
+/* The K-quant lane sums of k_lane_sums, bit for bit: lane l collects the products of the
+ * values whose index is l mod 8, so the float stage that follows rounds exactly as the
+ * portable kernel (and llama.cpp's results on these files) do. A 16-value chunk widens to
+ * int16 products (|level| <= 32, |q8| <= 127: no overflow) and its two 8-value halves land
+ * in the same lanes. */
+QT_AVX2 static void k_lane_sums_avx2(const int8_t *a, const int8_t *q8, const int *group_scale,
+                                     int group, int32_t *aux32) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < QK_K; j += 16) {
+        const __m256i a16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + j)));
+        const __m256i q16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q8 + j)));
+        const __m256i p = _mm256_mullo_epi16(a16, q16);
+        const __m256i s = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)),
+                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(group_scale[j / group])));
+    }
+    _mm256_storeu_si256((__m256i *)aux32, acc);
+}
+
+static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q3_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+}
+static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q4_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+}
+static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q5_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+}
+static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    vec_dot_q6_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+}
+
+/* Every x86 CPU with AVX2 also has F16C (Intel since Ivy Bridge, AMD since Piledriver), and
+ * clang's __builtin_cpu_supports cannot name f16c, so AVX2 and FMA are what we test. */
+static int qt_cpu_has_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* Dispatchers: one CPU feature test per row, cheap next to a row of blocks. */
+static void vec_dot_q8_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q8_0_q8_0_avx2 : vec_dot_q8_0_q8_0)(n, out, x, y);
+}
+static void vec_dot_q4_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q4_0_q8_0_avx2 : vec_dot_q4_0_q8_0)(n, out, x, y);
+}
+static void vec_dot_q4_1_q8_1_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q4_1_q8_1_avx2 : vec_dot_q4_1_q8_1)(n, out, x, y);
+}
+static void vec_dot_q5_1_q8_1_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q5_1_q8_1_avx2 : vec_dot_q5_1_q8_1)(n, out, x, y);
+}
+static void vec_dot_q3_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q3_K_q8_K_avx2 : vec_dot_q3_K_q8_K)(n, out, x, y);
+}
+static void vec_dot_q4_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q4_K_q8_K_avx2 : vec_dot_q4_K_q8_K)(n, out, x, y);
+}
+static void vec_dot_q5_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q5_K_q8_K_avx2 : vec_dot_q5_K_q8_K)(n, out, x, y);
+}
+static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q6_K_q8_K_avx2 : vec_dot_q6_K_q8_K)(n, out, x, y);
+}
+#else
+#define QT_HAVE_AVX2_KERNELS 0
+#define vec_dot_q8_0_q8_0_best vec_dot_q8_0_q8_0
+#define vec_dot_q4_0_q8_0_best vec_dot_q4_0_q8_0
+#define vec_dot_q4_1_q8_1_best vec_dot_q4_1_q8_1
+#define vec_dot_q5_1_q8_1_best vec_dot_q5_1_q8_1
+#define vec_dot_q3_K_q8_K_best vec_dot_q3_K_q8_K
+#define vec_dot_q4_K_q8_K_best vec_dot_q4_K_q8_K
+#define vec_dot_q5_K_q8_K_best vec_dot_q5_K_q8_K
+#define vec_dot_q6_K_q8_K_best vec_dot_q6_K_q8_K
+#endif
+
+/* ============================================================================
+ * Traits
+ * ========================================================================== */
+
+static const struct qtype_traits qt_table[QT_COUNT] = {
+    [QT_F32] = {.name = "f32",
+                .blck_size = 1,
+                .type_size = 4,
+                .to_float = f32_to_float,
+                .from_float = f32_from_float,
+                .from_float_act = f32_from_float,
+                .vec_dot_type = QT_F32,
+                .vec_dot = vec_dot_f32},
+    [QT_F16] = {.name = "f16",
+                .blck_size = 1,
+                .type_size = 2,
+                .to_float = f16_row_to_float,
+                .from_float = f16_row_from_float,
+                .from_float_act = f16_row_from_float,
+                .vec_dot_type = QT_F16,
+                .vec_dot = vec_dot_f16},
+    [QT_BF16] = {.name = "bf16",
+                 .blck_size = 1,
+                 .type_size = 2,
+                 .to_float = bf16_row_to_float,
+                 .from_float = bf16_row_from_float,
+                 .from_float_act = bf16_row_from_float,
+                 .vec_dot_type = QT_BF16,
+                 .vec_dot = vec_dot_bf16},
+    [QT_Q4_0] = {.name = "q4_0",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q4_0),
+                 .to_float = q4_0_to_float,
+                 .from_float = q4_0_from_float,
+                 .from_float_act = q4_0_from_float,
+                 .vec_dot_type = QT_Q8_0,
+                 .vec_dot = vec_dot_q4_0_q8_0_best},
+    [QT_Q4_1] = {.name = "q4_1",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q4_1),
+                 .to_float = q4_1_to_float,
+                 .from_float = q4_1_from_float,
+                 .from_float_act = q4_1_from_float,
+                 .vec_dot_type = QT_Q8_1,
+                 .vec_dot = vec_dot_q4_1_q8_1_best},
+    [QT_Q5_0] = {.name = "q5_0",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q5_0),
+                 .to_float = q5_0_to_float,
+                 .from_float = q5_0_from_float,
+                 .from_float_act = q5_0_from_float,
+                 .vec_dot_type = QT_Q8_0,
+                 .vec_dot = vec_dot_q5_0_q8_0},
+    [QT_Q5_1] = {.name = "q5_1",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q5_1),
+                 .to_float = q5_1_to_float,
+                 .from_float = q5_1_from_float,
+                 .from_float_act = q5_1_from_float,
+                 .vec_dot_type = QT_Q8_1,
+                 .vec_dot = vec_dot_q5_1_q8_1_best},
+    [QT_Q8_0] = {.name = "q8_0",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q8_0),
+                 .to_float = q8_0_to_float,
+                 .from_float = q8_0_from_float,
+                 .from_float_act = q8_0_from_float_act,
+                 .vec_dot_type = QT_Q8_0,
+                 .vec_dot = vec_dot_q8_0_q8_0_best},
+    [QT_Q8_1] = {.name = "q8_1",
+                 .blck_size = QK32,
+                 .type_size = sizeof(struct block_q8_1),
+                 .to_float = q8_1_to_float,
+                 .from_float = q8_1_from_float,
+                 .from_float_act = q8_1_from_float_act,
+                 .vec_dot_type = QT_Q8_1,
+                 .vec_dot = NULL},
+    [QT_Q2_K] = {.name = "q2_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q2_K),
+                 .to_float = q2_K_to_float,
+                 .from_float = q2_K_from_float,
+                 .from_float_act = q2_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = vec_dot_q2_K_q8_K},
+    [QT_Q3_K] = {.name = "q3_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q3_K),
+                 .to_float = q3_K_to_float,
+                 .from_float = q3_K_from_float,
+                 .from_float_act = q3_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = vec_dot_q3_K_q8_K_best},
+    [QT_Q4_K] = {.name = "q4_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q4_K),
+                 .to_float = q4_K_to_float,
+                 .from_float = q4_K_from_float,
+                 .from_float_act = q4_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = vec_dot_q4_K_q8_K_best},
+    [QT_Q5_K] = {.name = "q5_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q5_K),
+                 .to_float = q5_K_to_float,
+                 .from_float = q5_K_from_float,
+                 .from_float_act = q5_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = vec_dot_q5_K_q8_K_best},
+    [QT_Q6_K] = {.name = "q6_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q6_K),
+                 .to_float = q6_K_to_float,
+                 .from_float = q6_K_from_float,
+                 .from_float_act = q6_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = vec_dot_q6_K_q8_K_best},
+    [QT_Q8_K] = {.name = "q8_K",
+                 .blck_size = QK_K,
+                 .type_size = sizeof(struct block_q8_K),
+                 .to_float = q8_K_to_float,
+                 .from_float = q8_K_from_float,
+                 .from_float_act = q8_K_from_float,
+                 .vec_dot_type = QT_Q8_K,
+                 .vec_dot = NULL},
+};
+
+const struct qtype_traits *qtype_traits(uint32_t type) {
+    if (type >= QT_COUNT || !qt_table[type].name) return NULL;
+    return &qt_table[type];
+}
+
+const char *qtype_name(uint32_t type) {
+    static _Thread_local char unknown[32];
+    const struct qtype_traits *t = qtype_traits(type);
+    if (t) return t->name;
+    snprintf(unknown, sizeof unknown, "type %u", type);
+    return unknown;
+}
+
+size_t qtype_row_size(enum qtype type, int64_t n) {
+    const struct qtype_traits *t = qtype_traits((uint32_t)type);
+    if (!t || n < 0 || n % t->blck_size) return 0;
+    return (size_t)(n / t->blck_size) * t->type_size;
+}
+
+qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type) {
+    switch (type) {
+    case QT_Q8_0:
+        return vec_dot_q8_0_q8_0;
+    case QT_Q4_0:
+        return vec_dot_q4_0_q8_0;
+    case QT_Q4_1:
+        return vec_dot_q4_1_q8_1;
+    case QT_Q5_1:
+        return vec_dot_q5_1_q8_1;
+    case QT_Q3_K:
+        return vec_dot_q3_K_q8_K;
+    case QT_Q4_K:
+        return vec_dot_q4_K_q8_K;
+    case QT_Q5_K:
+        return vec_dot_q5_K_q8_K;
+    case QT_Q6_K:
+        return vec_dot_q6_K_q8_K;
+    default: {
+        const struct qtype_traits *t = qtype_traits(type);
+        return t ? t->vec_dot : NULL;
+    }
+    }
+}
+
+int qtype_simd_level(void) {
+#if QT_HAVE_AVX2_KERNELS
+    return qt_cpu_has_avx2() ? 1 : 0;
+#else
+    return 0;
+#endif
+}
