@@ -18,6 +18,20 @@
  * follow each other within microseconds, a condition-variable wake costs more than that. */
 enum { SPIN_POLLS = 20000 };
 
+/* Sums that llama.cpp's CPU backend forms in 16-float (AVX-512) registers are formed here in
+ * the same 16 lanes and reduced in the same tree: the activations then agree with its results
+ * to the last bit often enough that their int8 quantization rounds the same way. */
+enum { ACC_LANES = 16 };
+
+/* The loops below use fmaf for llama.cpp's rounding; without hardware FMA that is a library
+ * call per element. An x86-64-v3 (AVX2 + FMA) clone of each, chosen at load time, makes it one
+ * instruction and lets the compiler vectorize; the default clone keeps the same results. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FMA_CLONES
+#endif
+
 struct worker {
     struct cpu_ctx *ctx;
     int ith;
@@ -40,6 +54,7 @@ struct cpu_ctx {
     float *tiles;     /* (n_threads, tile_rows, max_in) dequantized weight rows for sgemm */
     int64_t tile_rows;
     float *scores;    /* (n_threads, max_ctx) attention probabilities */
+    float *v_lanes;   /* (n_threads, ACC_LANES, max_head_dim) partial sums of P * V */
 };
 
 static void wait_for_job(struct cpu_ctx *c, unsigned seen) {
@@ -104,6 +119,8 @@ struct cpu_ctx *cpu_init(const struct cpu_config *cfg) {
                               sizeof(float));
 #endif
     c->scores = xaligned_alloc((size_t)c->n_threads * (size_t)cfg->max_ctx * sizeof(float));
+    c->v_lanes = xaligned_alloc((size_t)c->n_threads * ACC_LANES * (size_t)cfg->max_head_dim *
+                                sizeof(float));
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->wake, NULL);
     c->threads = xcalloc((size_t)c->n_threads, sizeof *c->threads);
@@ -131,6 +148,7 @@ void cpu_free(struct cpu_ctx *c) {
     free(c->act);
     free(c->tiles);
     free(c->scores);
+    free(c->v_lanes);
     free(c);
 }
 
@@ -168,7 +186,7 @@ static void quantize_activations(void *arg, int ith, int nth) {
     const struct qtype_traits *at = qtype_traits(j->wt->vec_dot_type);
     uint8_t *dst = (uint8_t *)j->act;
     for (int t = ith; t < j->n_tok; t += nth)
-        at->from_float(j->x + (size_t)t * (size_t)j->w->n_in, dst + (size_t)t * j->act_row,
+        at->from_float_act(j->x + (size_t)t * (size_t)j->w->n_in, dst + (size_t)t * j->act_row,
                        j->w->n_in);
 }
 
@@ -247,6 +265,29 @@ void cpu_get_row(const struct cpu_matrix *w, int64_t id, float *out) {
 
 /* ---- element-wise ops (small: run on the calling thread) ---- */
 
+/* exp(x) as ggml's SIMD kernels compute it for softmax and SiLU (the Arm optimized-routines
+ * polynomial: x = n ln2 + b, exp(b) by a degree-5 polynomial, scaled by 2^n). Within 1.5 ulp
+ * of expf; using the same approximation keeps us bit-close to llama.cpp. */
+static inline float exp_poly(float x) {
+    const float shift = 0x1.8p23f; /* adding it rounds to an integer */
+    float z = fmaf(x, 0x1.715476p+0f, shift);
+    float n = z - shift;
+    if (fabsf(n) > 126.0f) return x > 0.0f ? INFINITY : (x < -104.0f ? 0.0f : expf(x));
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln2, two parts */
+    float u = b * b;
+    float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                        fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(p, (int)n);
+}
+
+/* Pairwise tree over ACC_LANES values (lane i + lane i+8, then +4, +2, +1). */
+static float reduce_lanes(float *l, int64_t stride) {
+    for (int w = ACC_LANES / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) l[i * stride] += l[(i + w) * stride];
+    return l[0];
+}
+
 void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows,
                  float eps) {
     for (int r = 0; r < n_rows; r++) {
@@ -260,30 +301,38 @@ void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n
     }
 }
 
+/* (Clones stay static: clang 14 emits no resolver for an exported cloned function.) */
+FMA_CLONES static void swiglu_rows(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
+}
+
 void cpu_swiglu(float *out, const float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    swiglu_rows(out, gate, up, n);
 }
 
 void cpu_add(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-void cpu_softmax(float *x, int64_t n) {
+FMA_CLONES static void softmax_row(float *x, int64_t n) {
     float max = x[0];
     for (int64_t i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
     double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+    for (int64_t i0 = 0; i0 < n; i0 += ACC_LANES) {
+        float lanes[ACC_LANES] = {0};
+        for (int64_t i = i0; i < n && i < i0 + ACC_LANES; i++) lanes[i - i0] = x[i] = exp_poly(x[i] - max);
+        sum += reduce_lanes(lanes, 1);
     }
     float inv = (float)(1.0 / sum);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
+void cpu_softmax(float *x, int64_t n) { softmax_row(x, n); }
+
 /* ggml advances theta by repeated multiplication rather than pow per pair; doing the same
  * keeps our angles within float rounding of llama.cpp's. */
-static void rope_one_head(float *h, int n_rot, float pos, const struct rope_params *rp,
+FMA_CLONES static void rope_one_head(float *h, int n_rot, float pos, const struct rope_params *rp,
                           const float *freq_factors) {
     float theta_scale = powf(rp->freq_base, -2.0f / (float)n_rot);
     float theta = pos;
@@ -294,8 +343,9 @@ static void rope_one_head(float *h, int n_rot, float pos, const struct rope_para
         int a = rp->mode == ROPE_NEOX ? i / 2 : i;
         int b = rp->mode == ROPE_NEOX ? i / 2 + n_rot / 2 : i + 1;
         float x0 = h[a], x1 = h[b];
-        h[a] = x0 * cos_t - x1 * sin_t;
-        h[b] = x0 * sin_t + x1 * cos_t;
+        /* the fused forms llama.cpp's compiled rotation takes */
+        h[a] = fmaf(x0, cos_t, -(x1 * sin_t));
+        h[b] = fmaf(x0, sin_t, x1 * cos_t);
         theta *= theta_scale;
     }
 }
@@ -315,11 +365,25 @@ struct attn_job {
     const struct attn_args *a;
 };
 
-static void attend_one(const struct attn_args *a, int t, int h, float *p) {
+/* out (head_dim_v) = sum over j of p[j] * v_j, in ACC_LANES lanes of fused multiply-adds (lane
+ * j % ACC_LANES), reduced by reduce_lanes: the order of llama.cpp's sgemm for P * V. */
+FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
+                            float *lanes, float *out) {
+    int64_t v_stride = (int64_t)a->n_head_kv * a->head_dim_v;
+    int hd = a->head_dim_v;
+    memset(lanes, 0, (size_t)ACC_LANES * (size_t)hd * sizeof *lanes);
+    for (int j = 0; j < n_kv; j++) {
+        const float *v = a->v_cache + (size_t)j * (size_t)v_stride + (size_t)kvh * (size_t)hd;
+        float *l = lanes + (size_t)(j % ACC_LANES) * (size_t)hd;
+        for (int d = 0; d < hd; d++) l[d] = fmaf(p[j], v[d], l[d]);
+    }
+    for (int d = 0; d < hd; d++) out[d] = reduce_lanes(lanes + d, hd);
+}
+
+static void attend_one(const struct attn_args *a, int t, int h, float *p, float *lanes) {
     int kvh = h / (a->n_head / a->n_head_kv);
     int n_kv = a->pos0 + t + 1; /* causal: this token sees itself and everything before */
     int64_t kv_stride = (int64_t)a->n_head_kv * a->head_dim;
-    int64_t v_stride = (int64_t)a->n_head_kv * a->head_dim_v;
     const float *q = a->q + (size_t)t * (size_t)a->n_head * (size_t)a->head_dim +
                      (size_t)h * (size_t)a->head_dim;
     for (int j = 0; j < n_kv; j++) {
@@ -331,22 +395,22 @@ static void attend_one(const struct attn_args *a, int t, int h, float *p) {
     cpu_softmax(p, n_kv);
     float *out = a->out + (size_t)t * (size_t)a->n_head * (size_t)a->head_dim_v +
                  (size_t)h * (size_t)a->head_dim_v;
-    memset(out, 0, (size_t)a->head_dim_v * sizeof *out);
-    for (int j = 0; j < n_kv; j++) {
-        const float *v = a->v_cache + (size_t)j * (size_t)v_stride + (size_t)kvh * a->head_dim_v;
-        for (int d = 0; d < a->head_dim_v; d++) out[d] += p[j] * v[d];
-    }
+    weighted_values(a, kvh, p, n_kv, lanes, out);
 }
 
 static void attention_task(void *arg, int ith, int nth) {
     struct attn_job *j = arg;
     const struct attn_args *a = j->a;
     float *p = j->c->scores + (size_t)ith * (size_t)j->c->cfg.max_ctx;
+    float *lanes = j->c->v_lanes + (size_t)ith * ACC_LANES * (size_t)j->c->cfg.max_head_dim;
     int n_items = a->n_tok * a->n_head;
-    for (int i = ith; i < n_items; i += nth) attend_one(a, i / a->n_head, i % a->n_head, p);
+    for (int i = ith; i < n_items; i += nth) attend_one(a, i / a->n_head, i % a->n_head, p, lanes);
 }
 
 void cpu_attention(struct cpu_ctx *c, const struct attn_args *a) {
+    if (a->head_dim_v > c->cfg.max_head_dim)
+        die("attention head width %d exceeds the scratch sized at load (%d)", a->head_dim_v,
+            c->cfg.max_head_dim);
     if (a->pos0 + a->n_tok > c->cfg.max_ctx)
         die("attention over %d positions exceeds the context %d", a->pos0 + a->n_tok,
             c->cfg.max_ctx);

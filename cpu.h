@@ -23,6 +23,7 @@ struct cpu_config {
     int max_batch;     /* most tokens one matmul sees */
     int64_t max_in;    /* longest input row of any matrix */
     int max_ctx;       /* longest sequence attention looks at */
+    int max_head_dim;  /* widest attention head (values) */
     int blas_min_batch; /* batches this large use dequantized tiles + sgemm (when built in) */
 };
 

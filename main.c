@@ -353,14 +353,17 @@ static int write_file_atomic(const char *path, const void *data, size_t n) {
 static void load_summary(const struct model *m, const struct options *o, double secs) {
     if (o->verbosity < V_NORMAL) return;
     char size[32];
-    fprintf(stderr, "moerun: %s: %s, %.2fB params, %s, %u layers, ctx %d, cpu %d threads%s, "
+    double p = (double)m->n_params;
+    fprintf(stderr, "moerun: %s: %s, %.2f%s params, %s, %u layers, ctx %d, cpu %d threads%s, "
                     "loaded in %.2f s\n",
-            m->file.path, m->arch_name, (double)m->n_params / 1e9,
+            m->file.path, m->arch_name, p >= 1e9 ? p / 1e9 : p / 1e6, p >= 1e9 ? "B" : "M",
             human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx,
             cpu_n_threads(m->cpu), cpu_has_blas() ? " + OpenBLAS" : "", secs);
 }
 
-static int open_model(struct model *m, const struct options *o) {
+/* Loads and prepares the model; the caller prints the summary once the input is known good,
+ * so that bad input still gives exactly one line on stderr. */
+static int open_model(struct model *m, const struct options *o, double *load_secs) {
     double t0 = time_now();
     if (model_load(m, o->model) < 0) return -1;
     struct model_params mp = {.n_ctx = o->n_ctx, .n_threads = o->n_threads,
@@ -369,7 +372,7 @@ static int open_model(struct model *m, const struct options *o) {
         model_free(m);
         return -1;
     }
-    load_summary(m, o, time_now() - t0);
+    *load_secs = time_now() - t0;
     return 0;
 }
 
@@ -411,26 +414,62 @@ struct gen_stats {
     double t_prompt, t_gen;
 };
 
-static void emit_token(const struct model *m, const struct options *o, struct detok_stream *ds,
-                       int32_t id, int first) {
-    if (o->print_ids) {
-        printf(first ? "%d" : " %d", id);
+/* Prints generated tokens: ids, or text through the streaming detokenizer so that a
+ * character split over tokens comes out once whole. Buffers sized once per run. */
+struct emitter {
+    const struct tokenizer *tok;
+    int print_ids;
+    int n_emitted;
+    struct detok_stream ds;
+    char *piece; /* (max_piece) */
+    char *out;   /* (DETOK_OUT_CAP(max_piece)) */
+    int max_piece;
+};
+
+static void emitter_init(struct emitter *e, const struct tokenizer *tok, int print_ids) {
+    memset(e, 0, sizeof *e);
+    e->tok = tok;
+    e->print_ids = print_ids;
+    e->max_piece = tokenizer_max_piece(tok);
+    e->piece = xmalloc((size_t)e->max_piece);
+    e->out = xmalloc(DETOK_OUT_CAP(e->max_piece));
+    detok_init(&e->ds, 0);
+}
+
+static void emit_token(struct emitter *e, int32_t id) {
+    if (e->print_ids) {
+        printf(e->n_emitted ? " %d" : "%d", id);
     } else {
-        char piece[256], out[512];
-        int n = tokenizer_piece(m->tok, id, 0, piece, sizeof piece);
-        if (n < 0) return;
-        size_t k = detok_push(ds, piece, (size_t)n, out, sizeof out);
-        fwrite(out, 1, k, stdout);
+        int n = tokenizer_piece(e->tok, id, 0, e->piece, (size_t)e->max_piece);
+        if (n > 0) {
+            size_t k = detok_push(&e->ds, e->piece, (size_t)n, e->out,
+                                  DETOK_OUT_CAP(e->max_piece));
+            fwrite(e->out, 1, k, stdout);
+        }
     }
+    e->n_emitted++;
     fflush(stdout);
+}
+
+/* Flushes a pending partial character and ends the line; frees the buffers. */
+static void emitter_finish(struct emitter *e) {
+    if (!e->print_ids) {
+        size_t k = detok_flush(&e->ds, e->out, DETOK_OUT_CAP(e->max_piece));
+        fwrite(e->out, 1, k, stdout);
+    }
+    if (e->n_emitted) putchar('\n');
+    fflush(stdout);
+    free(e->piece);
+    free(e->out);
 }
 
 static int generate(struct model *m, const struct options *o, const int32_t *prompt,
                     int n_prompt, struct gen_stats *st) {
-    float *logits = xmalloc((size_t)m->hp.n_vocab * sizeof(float));
     struct sampler *s = sampler_new(&o->sp, (int32_t)m->hp.n_vocab);
-    struct detok_stream ds;
-    detok_init(&ds, 0);
+    if (!s) return -1;
+    float *logits = xmalloc((size_t)m->hp.n_vocab * sizeof(float));
+    struct emitter em;
+    emitter_init(&em, m->tok, o->print_ids);
     int rc = 0, pos = 0;
     for (int i = 0; i < n_prompt; i++) sampler_accept(s, prompt[i]);
     double t0 = time_now();
@@ -442,7 +481,7 @@ static int generate(struct model *m, const struct options *o, const int32_t *pro
         int32_t id = sampler_sample(s, logits);
         if (tokenizer_is_eog(m->tok, id)) break;
         sampler_accept(s, id);
-        emit_token(m, o, &ds, id, i == 0);
+        emit_token(&em, id);
         st->n_gen++;
         if (pos >= m->n_ctx) {
             if (o->verbosity >= V_NORMAL)
@@ -452,11 +491,7 @@ static int generate(struct model *m, const struct options *o, const int32_t *pro
         }
         if (model_forward(m, &id, 1, pos++, logits, 0) < 0) rc = -1;
     }
-    char tail[16];
-    size_t k = detok_flush(&ds, tail, sizeof tail);
-    fwrite(tail, 1, k, stdout);
-    if (o->print_ids || st->n_gen) putchar('\n');
-    fflush(stdout);
+    emitter_finish(&em);
     st->t_gen = time_now() - t0;
     sampler_free(s);
     free(logits);
@@ -473,7 +508,8 @@ static void print_stats(const struct options *o, const struct gen_stats *st) {
 
 static int cmd_run(struct options *o) {
     struct model m;
-    if (open_model(&m, o) < 0) return error_exit(o->cmd);
+    double load_secs;
+    if (open_model(&m, o, &load_secs) < 0) return error_exit(o->cmd);
     int32_t *ids = NULL;
     int n = 0;
     if (prompt_tokens(&m, o, &ids, &n) < 0) {
@@ -488,6 +524,7 @@ static int cmd_run(struct options *o) {
         model_free(&m);
         return error_exit(o->cmd);
     }
+    load_summary(&m, o, load_secs);
     if (!o->seed_given) o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (o->verbosity >= V_VERBOSE) {
         fprintf(stderr, "moerun: prompt tokens:");
@@ -528,7 +565,8 @@ static int cmd_eval(struct options *o) {
     int n = 0;
     if (parse_token_list(o->tokens, &ids, &n) < 0) return error_exit(o->cmd);
     struct model m;
-    if (open_model(&m, o) < 0) {
+    double load_secs;
+    if (open_model(&m, o, &load_secs) < 0) {
         free(ids);
         return error_exit(o->cmd);
     }

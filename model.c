@@ -341,6 +341,7 @@ int model_init(struct model *m, const struct model_params *p) {
         .max_batch = m->max_batch,
         .max_in = max_matrix_input(hp),
         .max_ctx = n_ctx,
+        .max_head_dim = (int)(hp->head_dim > hp->head_dim_v ? hp->head_dim : hp->head_dim_v),
         .blas_min_batch = p->blas_min_batch == 0 ? 32 : p->blas_min_batch,
     };
     m->cpu = cpu_init(&cc);

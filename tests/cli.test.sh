@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The binary as a user drives it: greedy output equal to llama.cpp's, prompts from -p, -f and
+# stdin, seeds, clean stdout, help and version. Prints "ok"/"FAIL"/"SKIP" lines.
+set -u
+BIN=${BIN:-./moerun}
+FIX=${MOERUN_FIXTURES:-../shared/fixtures}
+S=$FIX/llama2c-stories/stories260K.gguf
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+check() { # name, condition-result (0 = pass), detail
+    if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi
+}
+
+for cmd in run info tokenize eval; do
+    out=$("$BIN" $cmd --help 2>/dev/null)
+    rc=$?
+    case "$out" in "usage: moerun $cmd"*) r=$rc ;; *) r=1 ;; esac
+    check "$cmd --help" "$r" "exit $rc, output: ${out:0:80}"
+done
+out=$("$BIN" --version)
+check "--version" $? "$out"
+case "$out" in "moerun "[0-9]*) r=0 ;; *) r=1 ;; esac
+check "--version text" $r "$out"
+"$BIN" >/dev/null 2>&1
+[ $? -eq 1 ]
+check "no command exits 1" $? "expected exit 1"
+
+if [ ! -f "$S" ]; then
+    echo "SKIP stories260K cli: $S not found"
+    exit 0
+fi
+
+# llama.cpp's 64 greedy ids after "Once upon a time" (once_upon.json, llama_cpp_greedy_ids)
+want=$(python3 -c 'import json,sys; print(" ".join(map(str, json.load(open(sys.argv[1]))["llama_cpp_greedy_ids"])))' \
+    "$FIX/llama2c-stories/once_upon.json" 2>/dev/null)
+if [ -z "$want" ]; then
+    want=$(tr -d ' \n' <"$FIX/llama2c-stories/once_upon.json" |
+        sed 's/.*"llama_cpp_greedy_ids":\[\([0-9,]*\)\].*/\1/' | tr ',' ' ')
+fi
+got=$("$BIN" run "$S" -p "Once upon a time" -n 64 --temp 0 --ids -q)
+[ "$got" = "$want" ]
+check "greedy ids equal llama.cpp's (64 tokens)" $? "got: $got"
+
+got=$("$BIN" run "$S" --tokens 1,403,407,261,378 -n 64 --temp 0 --ids -q)
+[ "$got" = "$want" ]
+check "--tokens prompt gives the same greedy ids" $? "got: $got"
+
+a=$("$BIN" run "$S" -p "Once upon a time" -n 24 --temp 0 -q)
+b=$(printf 'Once upon a time' | "$BIN" run "$S" -n 24 --temp 0 -q)
+printf 'Once upon a time' >"$tmp/prompt.txt"
+c=$("$BIN" run "$S" -f "$tmp/prompt.txt" -n 24 --temp 0 -q)
+[ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" = "$c" ]
+check "-p, stdin and -f give the same text" $? "-p: '$a' stdin: '$b' -f: '$c'"
+
+"$BIN" run "$S" -p "Once upon a time" -n 16 --temp 0 >"$tmp/out" 2>"$tmp/err"
+! grep -q moerun "$tmp/out" && grep -q "generated" "$tmp/err"
+check "stdout has only text, logs on stderr" $? "stdout: $(head -c 200 "$tmp/out")"
+
+"$BIN" run "$S" -p "Once upon a time" -n 16 --temp 0 -q >/dev/null 2>"$tmp/err"
+[ ! -s "$tmp/err" ]
+check "-q prints nothing on stderr" $? "stderr: $(head -c 200 "$tmp/err")"
+
+s1=$("$BIN" run "$S" -p "Once" -n 40 --temp 1.0 --seed 42 --ids -q)
+s2=$("$BIN" run "$S" -p "Once" -n 40 --temp 1.0 --seed 42 --ids -q)
+s3=$("$BIN" run "$S" -p "Once" -n 40 --temp 1.0 --seed 43 --ids -q)
+[ "$s1" = "$s2" ] && [ "$s1" != "$s3" ]
+check "same seed repeats a sampled run, another seed differs" $? "42: $s1 / 43: $s3"
+
+n=$("$BIN" run "$S" -p "Once" -n 7 --temp 0 --ids -q | wc -w)
+[ "$n" -eq 7 ]
+check "-n 7 generates 7 tokens" $? "got $n"
+
+got=$("$BIN" tokenize "$S" "Once upon a time" --bos)
+[ "$got" = "1 403 407 261 378" ]
+check "tokenize --bos" $? "got: $got"
+got=$(printf 'Once upon a time' | "$BIN" tokenize "$S")
+[ "$got" = "403 407 261 378" ]
+check "tokenize from stdin" $? "got: $got"
+
+"$BIN" info "$S" >"$tmp/info"
+grep -q "^architecture: llama" "$tmp/info" && grep -q "^layers: 5" "$tmp/info" &&
+    grep -q "heads: 8 (kv 4)" "$tmp/info"
+check "info" $? "$(head -c 300 "$tmp/info")"
+n=$("$BIN" info "$S" --tensors | grep -c '^  blk\.\|^  token_embd\|^  output')
+[ "$n" -eq 48 ]
+check "info --tensors lists 48 tensors" $? "got $n"
+
+"$BIN" eval "$S" --tokens 1,403,407 --logits "$tmp/a.bin" &&
+    "$BIN" eval "$S" --tokens 1,403,407 --logits "$tmp/b.bin" --decode
+sz=$(stat -c %s "$tmp/a.bin" 2>/dev/null || echo 0)
+[ "$sz" -eq $((3 * 512 * 4)) ]
+check "eval writes n_tokens x n_vocab float32" $? "size $sz"
+ls "$tmp" | grep -q '\.tmp\.' && r=1 || r=0
+check "eval leaves no temporary file" $r "$(ls "$tmp")"

@@ -1,0 +1,270 @@
+/* The llama forward pass against llama.cpp's own logits on files llama.cpp wrote:
+ * stories260K (llama2.c checkpoint, GQA) and the compat/llama files in every block format.
+ * The relation is the fixtures' README: max |diff| by type, argmax where the gap is clear. */
+#include "model.h"
+#include "quant.h"
+#include "test.h"
+#include "util.h"
+
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const int32_t compat_tokens[] = {1,   403, 407, 261, 378, 432, 383, 286,
+                                        261, 376, 298, 315, 421, 395, 317, 426,
+                                        3,   511, 130, 259, 2,   62,  499, 403};
+enum { N_COMPAT = sizeof compat_tokens / sizeof compat_tokens[0] };
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static float *read_floats(const char *path, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *v = xmalloc(n * sizeof *v);
+    size_t got = fread(v, sizeof *v, n, f);
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (got != n || extra) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* The "tokens" array of once_upon.json, read with a minimal scan (flat integer list). */
+static int read_json_tokens(const char *path, int32_t *out, int cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strstr(buf, "\"tokens\"");
+    if (!p || !(p = strchr(p, '['))) return -1;
+    int count = 0;
+    for (p++; *p && *p != ']' && count < cap;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) {
+            p++;
+            continue;
+        }
+        out[count++] = (int32_t)v;
+        p = end;
+    }
+    return count;
+}
+
+struct diff {
+    float max_abs;
+    int argmax_mismatch; /* positions with a clear gap whose argmax differs */
+    int clear;           /* positions with a clear gap */
+};
+
+static int argmax_and_gap(const float *row, int n, float *gap) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (row[i] > row[best]) best = i;
+    float second = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (i != best && row[i] > second) second = row[i];
+    *gap = row[best] - second;
+    return best;
+}
+
+static struct diff compare(const float *got, const float *want, int n_tok, int n_vocab,
+                           float tol) {
+    struct diff d = {0, 0, 0};
+    for (int t = 0; t < n_tok; t++) {
+        const float *g = got + (size_t)t * n_vocab, *w = want + (size_t)t * n_vocab;
+        for (int i = 0; i < n_vocab; i++) {
+            float e = fabsf(g[i] - w[i]);
+            if (!(e <= d.max_abs)) d.max_abs = e; /* NaN propagates as a failure */
+        }
+        float gap, unused;
+        int aw = argmax_and_gap(w, n_vocab, &gap);
+        if (gap > 2 * tol) {
+            d.clear++;
+            if (argmax_and_gap(g, n_vocab, &unused) != aw) d.argmax_mismatch++;
+        }
+    }
+    return d;
+}
+
+enum path { PATH_BATCH, PATH_DECODE };
+
+/* Logits of every position, in one batch or one token at a time. */
+static float *run_model(struct model *m, const int32_t *ids, int n, enum path path) {
+    float *logits = xmalloc((size_t)n * m->hp.n_vocab * sizeof(float));
+    int rc = 0;
+    if (path == PATH_BATCH)
+        rc = model_forward(m, ids, n, 0, logits, 1);
+    else
+        for (int i = 0; i < n && rc == 0; i++)
+            rc = model_forward(m, ids + i, 1, i, logits + (size_t)i * m->hp.n_vocab, 1);
+    if (rc < 0) {
+        free(logits);
+        return NULL;
+    }
+    return logits;
+}
+
+static int open_for_test(struct model *m, const char *path, int blas_min_batch) {
+    if (model_load(m, path) < 0) return -1;
+    struct model_params p = {.n_ctx = 128, .n_threads = 2, .blas_min_batch = blas_min_batch};
+    return model_init(m, &p);
+}
+
+static void check_logits(const char *name, const char *gguf, const int32_t *ids, int n,
+                         const char *ref_path, float tol, enum path path, int blas_min_batch) {
+    struct model m;
+    if (open_for_test(&m, gguf, blas_min_batch) < 0) {
+        test_report(name, 0, "%s", err_get());
+        return;
+    }
+    float *ref = read_floats(ref_path, (size_t)n * m.hp.n_vocab);
+    float *got = run_model(&m, ids, n, path);
+    if (!ref || !got) {
+        test_report(name, 0, "%s", ref ? err_get() : "cannot read reference logits");
+    } else {
+        struct diff d = compare(got, ref, n, (int)m.hp.n_vocab, tol);
+        test_report(name, d.max_abs <= tol && d.argmax_mismatch == 0,
+                    "max |diff| %.3g (tol %.0e), argmax differs at %d of %d clear positions",
+                    (double)d.max_abs, (double)tol, d.argmax_mismatch, d.clear);
+    }
+    free(ref);
+    free(got);
+    model_free(&m);
+}
+
+static float tolerance_for(const char *type) {
+    if (!strcmp(type, "F32")) return 1e-3f;
+    if (!strcmp(type, "F16")) return 2e-2f;
+    if (!strcmp(type, "BF16")) return 1e-1f;
+    return 5e-2f;
+}
+
+static void test_stories(void) {
+    char gguf[512], json[512], ref[512];
+    snprintf(gguf, sizeof gguf, "%s/llama2c-stories/stories260K.gguf", test_fixtures());
+    snprintf(json, sizeof json, "%s/llama2c-stories/once_upon.json", test_fixtures());
+    snprintf(ref, sizeof ref, "%s/llama2c-stories/once_upon.logits.bin", test_fixtures());
+    if (!file_exists(gguf)) {
+        test_skip("stories260K", "%s not found", gguf);
+        return;
+    }
+    int32_t ids[256];
+    int n = read_json_tokens(json, ids, 256);
+    if (!test_report("stories260K tokens", n == 68, "read %d ids from %s", n, json)) return;
+    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, 1e-3f,
+                 PATH_BATCH, -1);
+    check_logits("stories260K decode", gguf, ids, n, ref, 1e-3f, PATH_DECODE, -1);
+    if (cpu_has_blas())
+        check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, 1e-3f, PATH_BATCH, 1);
+}
+
+static const char *compat_types[] = {"F32",  "F16",    "BF16",   "Q8_0",   "Q4_0",
+                                     "Q4_1", "Q5_0",   "Q5_1",   "Q2_K",   "Q3_K_S",
+                                     "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_K_M"};
+
+/* Batch and decode agree on F32 weights: same math, other grouping of the work. */
+static void check_batch_vs_decode(const char *gguf) {
+    struct model m;
+    if (open_for_test(&m, gguf, -1) < 0) {
+        test_report("llama-F32 batch vs decode", 0, "%s", err_get());
+        return;
+    }
+    float *a = run_model(&m, compat_tokens, N_COMPAT, PATH_BATCH);
+    float *b = run_model(&m, compat_tokens, N_COMPAT, PATH_DECODE);
+    if (a && b) {
+        struct diff d = compare(a, b, N_COMPAT, (int)m.hp.n_vocab, 1e-4f);
+        test_report("llama-F32 batch vs decode", d.max_abs <= 1e-4f, "max |diff| %.3g (tol 1e-4)",
+                    (double)d.max_abs);
+    } else {
+        test_report("llama-F32 batch vs decode", 0, "%s", err_get());
+    }
+    free(a);
+    free(b);
+    model_free(&m);
+}
+
+static void test_compat_llama(void) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/compat/llama", test_fixtures());
+    for (size_t i = 0; i < sizeof compat_types / sizeof compat_types[0]; i++) {
+        const char *type = compat_types[i];
+        char gguf[600], ref[600], deq[600], name[128];
+        snprintf(gguf, sizeof gguf, "%s/llama-%s.gguf", dir, type);
+        snprintf(ref, sizeof ref, "%s/llama-%s.logits.bin", dir, type);
+        snprintf(deq, sizeof deq, "%s/llama-%s.deqf32.logits.bin", dir, type);
+        if (!file_exists(gguf)) {
+            test_skip(type, "%s not found", gguf);
+            continue;
+        }
+        float tol = tolerance_for(type);
+        snprintf(name, sizeof name, "llama-%s batch vs llama.cpp", type);
+        check_logits(name, gguf, compat_tokens, N_COMPAT, ref, tol, PATH_BATCH, -1);
+        snprintf(name, sizeof name, "llama-%s decode vs llama.cpp", type);
+        check_logits(name, gguf, compat_tokens, N_COMPAT, ref, tol, PATH_DECODE, -1);
+        if (!cpu_has_blas()) {
+            snprintf(name, sizeof name, "llama-%s OpenBLAS prefill", type);
+            test_skip(name, "built without OpenBLAS");
+            continue;
+        }
+        /* Float activations times dequantized weights: llama.cpp's deqf32 logits. */
+        int has_deq = file_exists(deq);
+        snprintf(name, sizeof name, "llama-%s OpenBLAS prefill vs %s", type,
+                 has_deq ? "deqf32" : "llama.cpp");
+        check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
+                     has_deq ? 1e-3f : tol, PATH_BATCH, 1);
+    }
+    char f32[600];
+    snprintf(f32, sizeof f32, "%s/llama-F32.gguf", dir);
+    if (file_exists(f32)) check_batch_vs_decode(f32);
+}
+
+/* The eval subcommand end to end: its logits file against llama.cpp's, batch and --decode. */
+static void test_eval_cli(void) {
+    const char *bin = getenv("BIN") && getenv("BIN")[0] ? getenv("BIN") : "./moerun";
+    char gguf[512], ref[512], out[64], cmd[1400], ids[256] = "";
+    snprintf(gguf, sizeof gguf, "%s/compat/llama/llama-Q8_0.gguf", test_fixtures());
+    snprintf(ref, sizeof ref, "%s/compat/llama/llama-Q8_0.logits.bin", test_fixtures());
+    if (!file_exists(gguf)) {
+        test_skip("eval cli", "%s not found", gguf);
+        return;
+    }
+    for (int i = 0; i < N_COMPAT; i++)
+        snprintf(ids + strlen(ids), sizeof ids - strlen(ids), i ? ",%d" : "%d", compat_tokens[i]);
+    snprintf(out, sizeof out, "/tmp/moerun-eval-%d.bin", (int)getpid());
+    const char *modes[] = {"", " --decode"};
+    for (int m = 0; m < 2; m++) {
+        char name[64];
+        snprintf(name, sizeof name, "eval cli llama-Q8_0%s", modes[m]);
+        snprintf(cmd, sizeof cmd, "%s eval %s --tokens %s --logits %s%s -q", bin, gguf, ids, out,
+                 modes[m]);
+        int rc = system(cmd);
+        float *got = read_floats(out, (size_t)N_COMPAT * 512);
+        float *want = read_floats(ref, (size_t)N_COMPAT * 512);
+        if (rc != 0 || !got || !want) {
+            test_report(name, 0, "exit %d, output %s", rc, got ? "read" : "missing or wrong size");
+        } else {
+            struct diff d = compare(got, want, N_COMPAT, 512, 5e-2f);
+            test_report(name, d.max_abs <= 5e-2f && !d.argmax_mismatch, "max |diff| %.3g",
+                        (double)d.max_abs);
+        }
+        free(got);
+        free(want);
+        remove(out);
+    }
+}
+
+int main(void) {
+    test_eval_cli();
+    test_stories();
+    test_compat_llama();
+    TEST_EXIT();
+}
