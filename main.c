@@ -113,7 +113,8 @@ static const char *usage_eval =
     "                        weights (default 32; 0 = never); smaller batches quantize the\n"
     "                        activations as llama.cpp does\n"
     "  -c, --ctx-size N      context length (default: the model's, at most 4096)\n"
-    "  -t, --threads N       CPU threads\n";
+    "  -t, --threads N       CPU threads\n"
+    "  -v, --verbose / -q, --quiet   more / no log lines on stderr\n";
 
 static const char *usage_for(const char *cmd) {
     if (!strcmp(cmd, "run")) return usage_run;
@@ -233,6 +234,32 @@ static int parse_positional(struct options *o, const char *a) {
     return fail(o->cmd, "unexpected argument '%s'", a);
 }
 
+/* The options each command accepts (space-separated, with spaces around every name). */
+static const char *accepted_flags(const char *cmd) {
+    if (!strcmp(cmd, "run"))
+        return " -m --model -t --threads -v --verbose -q --quiet -p --prompt -f --file --tokens"
+               " -n --n-predict -c --ctx-size --temp --top-k --top-p --min-p --repeat-penalty"
+               " --repeat-last-n --seed --ids --special ";
+    if (!strcmp(cmd, "eval"))
+        return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
+               " --blas-batch -c --ctx-size ";
+    if (!strcmp(cmd, "info")) return " -m --model --tensors ";
+    if (!strcmp(cmd, "tokenize")) return " -m --model --bos --special ";
+    return " ";
+}
+
+static const char *const valued_flags =
+    " -m --model -p --prompt -f --file --tokens --logits -n --n-predict -c --ctx-size -t"
+    " --threads --blas-batch --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n"
+    " --seed ";
+
+static int in_list(const char *list, const char *flag) {
+    size_t n = strlen(flag);
+    for (const char *p = strstr(list, flag); p; p = strstr(p + 1, flag))
+        if (p[-1] == ' ' && p[n] == ' ') return 1;
+    return 0;
+}
+
 /* Returns 0 to go on, 1 when help was printed, -1 on a usage error. */
 static int parse_args(struct options *o, int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
@@ -241,20 +268,17 @@ static int parse_args(struct options *o, int argc, char **argv) {
             fputs(usage_for(o->cmd), stdout);
             return 1;
         }
-        int rc = parse_switch(o, a);
-        if (rc) continue;
-        if (a[0] == '-' && a[1] != '\0') {
-            if (i + 1 >= argc) {
-                if (parse_valued(o, a, "") == 0) return fail(o->cmd, "unknown option '%s'", a);
-                return fail(o->cmd, "option '%s' needs a value", a);
-            }
-            rc = parse_valued(o, a, argv[i + 1]);
-            if (rc < 0) return -1;
-            if (rc == 0) return fail(o->cmd, "unknown option '%s'", a);
-            i++;
+        if (a[0] != '-' || a[1] == '\0') {
+            if (parse_positional(o, a) < 0) return -1;
             continue;
         }
-        if (parse_positional(o, a) < 0) return -1;
+        if (!in_list(accepted_flags(o->cmd), a)) return fail(o->cmd, "unknown option '%s'", a);
+        if (!in_list(valued_flags, a)) {
+            parse_switch(o, a);
+            continue;
+        }
+        if (i + 1 >= argc) return fail(o->cmd, "option '%s' needs a value", a);
+        if (parse_valued(o, a, argv[++i]) < 0) return -1;
     }
     if (!o->model) return fail(o->cmd, "%s", "no model file given");
     return 0;
@@ -559,8 +583,10 @@ static int eval_logits(struct model *m, const struct options *o, const int32_t *
 }
 
 static int cmd_eval(struct options *o) {
-    if (!o->tokens || !o->logits_path)
-        return fail(o->cmd, "%s", "needs --tokens IDS and --logits FILE"), 1;
+    if (!o->tokens || !o->logits_path) {
+        fail(o->cmd, "%s", "needs --tokens IDS and --logits FILE");
+        return 1;
+    }
     int32_t *ids = NULL;
     int n = 0;
     if (parse_token_list(o->tokens, &ids, &n) < 0) return error_exit(o->cmd);
@@ -576,6 +602,7 @@ static int cmd_eval(struct options *o) {
         model_free(&m);
         return error_exit(o->cmd);
     }
+    load_summary(&m, o, load_secs);
     float *logits = xmalloc((size_t)n * m.hp.n_vocab * sizeof(float));
     int rc = eval_logits(&m, o, ids, n, logits);
     if (rc == 0)
