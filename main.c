@@ -602,9 +602,9 @@ static int cmd_eval(struct options *o) {
         model_free(&m);
         return error_exit(o->cmd);
     }
-    load_summary(&m, o, load_secs);
     float *logits = xmalloc((size_t)n * m.hp.n_vocab * sizeof(float));
     int rc = eval_logits(&m, o, ids, n, logits);
+    if (rc == 0) load_summary(&m, o, load_secs);
     if (rc == 0)
         rc = write_file_atomic(o->logits_path, logits, (size_t)n * m.hp.n_vocab * sizeof(float));
     free(logits);
