@@ -42,6 +42,30 @@ __attribute__((unused)) static const char *test_fixtures(void) {
     return e && e[0] ? e : "../shared/fixtures";
 }
 
+/* The whole file as a NUL-terminated buffer (caller frees); NULL if unreadable. */
+__attribute__((unused)) static char *test_read_file(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = malloc(cap + 1);
+    while (buf && (got = fread(buf + n, 1, cap - n, fp)) > 0) {
+        n += got;
+        if (n == cap) buf = realloc(buf, (cap *= 2) + 1);
+    }
+    fclose(fp);
+    if (!buf) return NULL;
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+__attribute__((unused)) static int test_file_exists(const char *path) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    fclose(fp);
+    return 1;
+}
+
 #define TEST_EXIT() return test_failures ? 1 : 0
 
 #endif

@@ -16,11 +16,6 @@ static const int32_t compat_tokens[] = {1,   403, 407, 261, 378, 432, 383, 286,
                                         3,   511, 130, 259, 2,   62,  499, 403};
 enum { N_COMPAT = sizeof compat_tokens / sizeof compat_tokens[0] };
 
-static int file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 static float *read_floats(const char *path, size_t n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -153,7 +148,7 @@ static void test_stories(void) {
     snprintf(gguf, sizeof gguf, "%s/llama2c-stories/stories260K.gguf", test_fixtures());
     snprintf(json, sizeof json, "%s/llama2c-stories/once_upon.json", test_fixtures());
     snprintf(ref, sizeof ref, "%s/llama2c-stories/once_upon.logits.bin", test_fixtures());
-    if (!file_exists(gguf)) {
+    if (!test_file_exists(gguf)) {
         test_skip("stories260K", "%s not found", gguf);
         return;
     }
@@ -201,7 +196,7 @@ static void test_compat_llama(void) {
         snprintf(gguf, sizeof gguf, "%s/llama-%s.gguf", dir, type);
         snprintf(ref, sizeof ref, "%s/llama-%s.logits.bin", dir, type);
         snprintf(deq, sizeof deq, "%s/llama-%s.deqf32.logits.bin", dir, type);
-        if (!file_exists(gguf)) {
+        if (!test_file_exists(gguf)) {
             test_skip(type, "%s not found", gguf);
             continue;
         }
@@ -216,7 +211,7 @@ static void test_compat_llama(void) {
             continue;
         }
         /* Float activations times dequantized weights: llama.cpp's deqf32 logits. */
-        int has_deq = file_exists(deq);
+        int has_deq = test_file_exists(deq);
         snprintf(name, sizeof name, "llama-%s OpenBLAS prefill vs %s", type,
                  has_deq ? "deqf32" : "llama.cpp");
         check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
@@ -224,7 +219,7 @@ static void test_compat_llama(void) {
     }
     char f32[600];
     snprintf(f32, sizeof f32, "%s/llama-F32.gguf", dir);
-    if (file_exists(f32)) check_batch_vs_decode(f32);
+    if (test_file_exists(f32)) check_batch_vs_decode(f32);
 }
 
 /* The eval subcommand end to end: its logits file against llama.cpp's, batch and --decode. */
@@ -233,7 +228,7 @@ static void test_eval_cli(void) {
     char gguf[512], ref[512], out[64], cmd[1400], ids[256] = "";
     snprintf(gguf, sizeof gguf, "%s/compat/llama/llama-Q8_0.gguf", test_fixtures());
     snprintf(ref, sizeof ref, "%s/compat/llama/llama-Q8_0.logits.bin", test_fixtures());
-    if (!file_exists(gguf)) {
+    if (!test_file_exists(gguf)) {
         test_skip("eval cli", "%s not found", gguf);
         return;
     }

@@ -13,26 +13,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = xmalloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, fp);
-    fclose(fp);
-    buf[got] = 0;
-    if (len) *len = got;
-    return buf;
-}
-
-static int file_exists(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    if (fp) fclose(fp);
-    return fp != NULL;
-}
-
 static int64_t tensor_n_elements(const struct gguf_tensor *t) {
     int64_t n = 1;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; ++d) n *= t->ne[d];
@@ -134,7 +114,7 @@ static void test_deq_file(const char *dir, const char *stem) {
     snprintf(test_name, sizeof test_name, "quant_deq_%s", stem);
     snprintf(path, sizeof path, "%s/%s.deq.json", dir, stem);
     size_t jlen;
-    char *json = read_file(path, &jlen);
+    char *json = test_read_file(path, &jlen);
     if (!json) {
         test_skip(test_name, "no %s", path);
         return;
@@ -165,7 +145,7 @@ static void test_deq_file(const char *dir, const char *stem) {
             snprintf(bin, sizeof bin, "%s", file_bin);
         snprintf(path, sizeof path, "%s/%s", dir, bin);
         size_t blen;
-        char *data = read_file(path, &blen);
+        char *data = test_read_file(path, &blen);
         if (!data || off < 0 || (size_t)off + (size_t)count * 4 > blen) {
             snprintf(r.why, sizeof r.why, "%s: cannot read %lld floats at %lld of %s", name,
                      (long long)count, (long long)off, path);
@@ -235,7 +215,7 @@ static void test_quantize_file(const char *dir, const char *model, const char *s
     snprintf(test_name, sizeof test_name, "quant_requant_%s-%s", model, stem);
     snprintf(path, sizeof path, "%s/%s-%s.gguf", dir, model, stem);
     snprintf(ref_path, sizeof ref_path, "%s/%s-F32.gguf", dir, model);
-    if (!file_exists(path) || !file_exists(ref_path)) {
+    if (!test_file_exists(path) || !test_file_exists(ref_path)) {
         test_skip(test_name, "no %s or %s", path, ref_path);
         return;
     }
@@ -290,7 +270,7 @@ static void test_quantization(const char *root) {
             char path[1024];
             snprintf(path, sizeof path, "%s/%s-%s.gguf", dir, models[m], pure[s]);
             /* only (a) and (f) carry every type; the others have Q8_0 and Q4_K_M */
-            if (m >= 2 && !file_exists(path)) continue;
+            if (m >= 2 && !test_file_exists(path)) continue;
             test_quantize_file(dir, models[m], pure[s]);
         }
     }
@@ -310,7 +290,7 @@ static void test_half_files(const char *root) {
             snprintf(ref_path, sizeof ref_path, "%s/compat/%s/%s-F32.gguf", root, models[m],
                      models[m]);
             struct gguf_file f, ref;
-            if (!file_exists(path) || !file_exists(ref_path)) {
+            if (!test_file_exists(path) || !test_file_exists(ref_path)) {
                 test_skip(name_buf, "no %s", path);
                 continue;
             }
@@ -634,7 +614,7 @@ int main(void) {
     test_simd_vs_scalar();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
-    if (!file_exists(probe)) {
+    if (!test_file_exists(probe)) {
         test_skip("quant_fixtures", "no %s (set MOERUN_FIXTURES)", probe);
         TEST_EXIT();
     }

@@ -10,20 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = xmalloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, fp);
-    fclose(fp);
-    buf[got] = 0;
-    *len = got;
-    return buf;
-}
-
 struct opened {
     struct gguf_file f;
     struct tokenizer *t;
@@ -121,7 +107,7 @@ static void test_vocab_file(const char *name) {
         return;
     }
     size_t inp_len, out_len;
-    char *inp = read_file(inp_path, &inp_len), *outs = read_file(out_path, &out_len);
+    char *inp = test_read_file(inp_path, &inp_len), *outs = test_read_file(out_path, &out_len);
     if (!inp || !outs) {
         test_skip(tname, "%s.inp/.out not found", path);
         goto done;
@@ -229,7 +215,7 @@ static void test_stories(void) {
         return;
     }
     size_t jlen;
-    char *json = read_file(jpath, &jlen);
+    char *json = test_read_file(jpath, &jlen);
     int32_t want[256];
     int n_prompt = 0, n = json ? json_prompt_ids(json, want, 256, &n_prompt) : -1;
     if (n < n_prompt || n_prompt <= 0) {
