@@ -50,11 +50,11 @@ struct cpu_ctx {
     cpu_task_fn fn;
     void *fn_ctx;
 
-    uint8_t *act;     /* (max_batch, max_in) activations in the weight's vec_dot type */
-    float *tiles;     /* (n_threads, tile_rows, max_in) dequantized weight rows for sgemm */
+    uint8_t *act; /* (max_batch, max_in) activations in the weight's vec_dot type */
+    float *tiles; /* (n_threads, tile_rows, max_in) dequantized weight rows for sgemm */
     int64_t tile_rows;
-    float *scores;    /* (n_threads, max_ctx) attention probabilities */
-    float *v_lanes;   /* (n_threads, ACC_LANES, max_head_dim) partial sums of P * V */
+    float *scores;  /* (n_threads, max_ctx) attention probabilities */
+    float *v_lanes; /* (n_threads, ACC_LANES, max_head_dim) partial sums of P * V */
 };
 
 static void wait_for_job(struct cpu_ctx *c, unsigned seen) {
@@ -187,7 +187,7 @@ static void quantize_activations(void *arg, int ith, int nth) {
     uint8_t *dst = (uint8_t *)j->act;
     for (int t = ith; t < j->n_tok; t += nth)
         at->from_float_act(j->x + (size_t)t * (size_t)j->w->n_in, dst + (size_t)t * j->act_row,
-                       j->w->n_in);
+                           j->w->n_in);
 }
 
 static void matmul_rows_quantized(void *arg, int ith, int nth) {
@@ -237,8 +237,8 @@ void cpu_matmul(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x, i
     if (n_tok > c->cfg.max_batch || w->n_in > c->cfg.max_in)
         die("matmul of %d x %lld exceeds the scratch sized at load (%d x %lld)", n_tok,
             (long long)w->n_in, c->cfg.max_batch, (long long)c->cfg.max_in);
-    struct matmul_job j = {.c = c, .w = w, .wt = qtype_traits(w->type), .x = x, .n_tok = n_tok,
-                           .y = y};
+    struct matmul_job j = {
+        .c = c, .w = w, .wt = qtype_traits(w->type), .x = x, .n_tok = n_tok, .y = y};
     if (!j.wt) die("matmul on unsupported type %u", w->type);
 #ifdef MOERUN_BLAS
     if (c->cfg.blas_min_batch > 0 && n_tok >= c->cfg.blas_min_batch) {
@@ -275,9 +275,9 @@ static inline float exp_poly(float x) {
     if (fabsf(n) > 126.0f) return x > 0.0f ? INFINITY : (x < -104.0f ? 0.0f : expf(x));
     float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln2, two parts */
     float u = b * b;
-    float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
-                        fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    float p = fmaf(
+        fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+        u, fmaf(0x1.ffffecp-1f, b, 1.0f));
     return ldexpf(p, (int)n);
 }
 
@@ -288,8 +288,7 @@ static float reduce_lanes(float *l, int64_t stride) {
     return l[0];
 }
 
-void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows,
-                 float eps) {
+void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows, float eps) {
     for (int r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * (size_t)n;
         float *yr = y + (size_t)r * (size_t)n;
@@ -321,7 +320,8 @@ FMA_CLONES static void softmax_row(float *x, int64_t n) {
     double sum = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += ACC_LANES) {
         float lanes[ACC_LANES] = {0};
-        for (int64_t i = i0; i < n && i < i0 + ACC_LANES; i++) lanes[i - i0] = x[i] = exp_poly(x[i] - max);
+        for (int64_t i = i0; i < n && i < i0 + ACC_LANES; i++)
+            lanes[i - i0] = x[i] = exp_poly(x[i] - max);
         sum += reduce_lanes(lanes, 1);
     }
     float inv = (float)(1.0 / sum);
@@ -333,7 +333,7 @@ void cpu_softmax(float *x, int64_t n) { softmax_row(x, n); }
 /* ggml advances theta by repeated multiplication rather than pow per pair; doing the same
  * keeps our angles within float rounding of llama.cpp's. */
 FMA_CLONES static void rope_one_head(float *h, int n_rot, float pos, const struct rope_params *rp,
-                          const float *freq_factors) {
+                                     const float *freq_factors) {
     float theta_scale = powf(rp->freq_base, -2.0f / (float)n_rot);
     float theta = pos;
     for (int i = 0; i < n_rot; i += 2) {
@@ -350,8 +350,8 @@ FMA_CLONES static void rope_one_head(float *h, int n_rot, float pos, const struc
     }
 }
 
-void cpu_rope(float *x, int n_tok, int n_head, int head_dim, int64_t row_stride,
-              const int32_t *pos, const struct rope_params *rp, const float *freq_factors) {
+void cpu_rope(float *x, int n_tok, int n_head, int head_dim, int64_t row_stride, const int32_t *pos,
+              const struct rope_params *rp, const float *freq_factors) {
     for (int t = 0; t < n_tok; t++)
         for (int h = 0; h < n_head; h++)
             rope_one_head(x + (size_t)t * (size_t)row_stride + (size_t)h * (size_t)head_dim,
@@ -368,7 +368,7 @@ struct attn_job {
 /* out (head_dim_v) = sum over j of p[j] * v_j, in ACC_LANES lanes of fused multiply-adds (lane
  * j % ACC_LANES), reduced by reduce_lanes: the order of llama.cpp's sgemm for P * V. */
 FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
-                            float *lanes, float *out) {
+                                       float *lanes, float *out) {
     int64_t v_stride = (int64_t)a->n_head_kv * a->head_dim_v;
     int hd = a->head_dim_v;
     memset(lanes, 0, (size_t)ACC_LANES * (size_t)hd * sizeof *lanes);

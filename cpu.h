@@ -20,10 +20,10 @@ struct cpu_ctx;
 
 struct cpu_config {
     int n_threads;
-    int max_batch;     /* most tokens one matmul sees */
-    int64_t max_in;    /* longest input row of any matrix */
-    int max_ctx;       /* longest sequence attention looks at */
-    int max_head_dim;  /* widest attention head (values) */
+    int max_batch;      /* most tokens one matmul sees */
+    int64_t max_in;     /* longest input row of any matrix */
+    int max_ctx;        /* longest sequence attention looks at */
+    int max_head_dim;   /* widest attention head (values) */
     int blas_min_batch; /* batches this large use dequantized tiles + sgemm (when built in) */
 };
 
@@ -38,8 +38,7 @@ typedef void (*cpu_task_fn)(void *ctx, int ith, int nth);
 void cpu_parallel(struct cpu_ctx *c, cpu_task_fn fn, void *ctx);
 
 /* y (n_tok, n_out) = x (n_tok, n_in) times w transposed. */
-void cpu_matmul(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x, int n_tok,
-                float *y);
+void cpu_matmul(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x, int n_tok, float *y);
 
 /* y (n) = x (n) / rms(x) * weight, per row of n values, n_rows rows, in place allowed. */
 void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows, float eps);
@@ -51,15 +50,15 @@ enum rope_mode { ROPE_NORM = 0, ROPE_NEOX = 2 }; /* ggml's mode values */
 
 struct rope_params {
     enum rope_mode mode;
-    int n_rot;        /* dimensions rotated per head (the first n_rot) */
+    int n_rot; /* dimensions rotated per head (the first n_rot) */
     float freq_base;
     float freq_scale; /* 1 / linear scaling factor */
 };
 
 /* Rotates each of n_head heads (head_dim apart) of each token's row (row_stride apart).
  * freq_factors (n_rot / 2) divide each pair's angle when the model has them, else NULL. */
-void cpu_rope(float *x, int n_tok, int n_head, int head_dim, int64_t row_stride,
-              const int32_t *pos, const struct rope_params *rp, const float *freq_factors);
+void cpu_rope(float *x, int n_tok, int n_head, int head_dim, int64_t row_stride, const int32_t *pos,
+              const struct rope_params *rp, const float *freq_factors);
 
 /* out = silu(gate) * up, n values. */
 void cpu_swiglu(float *out, const float *gate, const float *up, int64_t n);

@@ -90,8 +90,8 @@ int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *ou
 /* Arrays: gguf_get_arr checks the element type and gives the count and the raw element
  * bytes (little-endian, unaligned: read with memcpy). String arrays: gguf_arr_strings fills
  * out[0..n) with views into the map (n must equal the array count). */
-int gguf_get_arr(const struct gguf_file *f, const char *key, enum gguf_type elem_type,
-                 uint64_t *n, const uint8_t **data);
+int gguf_get_arr(const struct gguf_file *f, const char *key, enum gguf_type elem_type, uint64_t *n,
+                 const uint8_t **data);
 int gguf_arr_strings(const struct gguf_kv *kv, struct gguf_str *out, uint64_t n);
 
 /* ---- writer ---- */
@@ -125,9 +125,8 @@ void gguf_add_tensor(struct gguf_writer *w, const char *name, uint32_t type, uin
 struct gguf_stream;
 typedef int (*gguf_produce_fn)(void *ctx, struct gguf_stream *out);
 int gguf_stream_write(struct gguf_stream *s, const void *data, size_t n);
-void gguf_add_tensor_stream(struct gguf_writer *w, const char *name, uint32_t type,
-                            uint32_t n_dims, const int64_t *ne, uint64_t nbytes,
-                            gguf_produce_fn produce, void *ctx);
+void gguf_add_tensor_stream(struct gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                            const int64_t *ne, uint64_t nbytes, gguf_produce_fn produce, void *ctx);
 
 /* Writes the file to "<path>.tmp.<pid>" then renames it over path; on error removes the
  * temporary file and returns -1 with err set. Alignment from general.alignment if set. */

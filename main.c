@@ -147,8 +147,7 @@ static int parse_long(const char *cmd, const char *flag, const char *s, long lo,
     return 0;
 }
 
-static int parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi,
-                     int *out) {
+static int parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi, int *out) {
     long v;
     if (parse_long(cmd, flag, s, lo, hi, &v) < 0) return -1;
     *out = (int)v;
@@ -194,7 +193,8 @@ static int parse_valued(struct options *o, const char *a, const char *v) {
     if (is_flag(a, "-f", "--file")) return o->prompt_file = v, 1;
     if (is_flag(a, NULL, "--tokens")) return o->tokens = v, 1;
     if (is_flag(a, NULL, "--logits")) return o->logits_path = v, 1;
-    if (is_flag(a, "-n", "--n-predict")) return parse_int(c, a, v, -1, 1L << 30, &o->n_predict) ? -1 : 1;
+    if (is_flag(a, "-n", "--n-predict"))
+        return parse_int(c, a, v, -1, 1L << 30, &o->n_predict) ? -1 : 1;
     if (is_flag(a, "-c", "--ctx-size")) return parse_int(c, a, v, 1, 1L << 24, &o->n_ctx) ? -1 : 1;
     if (is_flag(a, "-t", "--threads")) return parse_int(c, a, v, 1, 1024, &o->n_threads) ? -1 : 1;
     if (is_flag(a, NULL, "--blas-batch")) {
@@ -378,8 +378,9 @@ static void load_summary(const struct model *m, const struct options *o, double 
     if (o->verbosity < V_NORMAL) return;
     char size[32];
     double p = (double)m->n_params;
-    fprintf(stderr, "moerun: %s: %s, %.2f%s params, %s, %u layers, ctx %d, cpu %d threads%s, "
-                    "loaded in %.2f s\n",
+    fprintf(stderr,
+            "moerun: %s: %s, %.2f%s params, %s, %u layers, ctx %d, cpu %d threads%s, "
+            "loaded in %.2f s\n",
             m->file.path, m->arch_name, p >= 1e9 ? p / 1e9 : p / 1e6, p >= 1e9 ? "B" : "M",
             human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx,
             cpu_n_threads(m->cpu), cpu_has_blas() ? " + OpenBLAS" : "", secs);
@@ -390,8 +391,8 @@ static void load_summary(const struct model *m, const struct options *o, double 
 static int open_model(struct model *m, const struct options *o, double *load_secs) {
     double t0 = time_now();
     if (model_load(m, o->model) < 0) return -1;
-    struct model_params mp = {.n_ctx = o->n_ctx, .n_threads = o->n_threads,
-                              .blas_min_batch = o->blas_min_batch};
+    struct model_params mp = {
+        .n_ctx = o->n_ctx, .n_threads = o->n_threads, .blas_min_batch = o->blas_min_batch};
     if (model_init(m, &mp) < 0) {
         model_free(m);
         return -1;
@@ -466,8 +467,7 @@ static void emit_token(struct emitter *e, int32_t id) {
     } else {
         int n = tokenizer_piece(e->tok, id, 0, e->piece, (size_t)e->max_piece);
         if (n > 0) {
-            size_t k = detok_push(&e->ds, e->piece, (size_t)n, e->out,
-                                  DETOK_OUT_CAP(e->max_piece));
+            size_t k = detok_push(&e->ds, e->piece, (size_t)n, e->out, DETOK_OUT_CAP(e->max_piece));
             fwrite(e->out, 1, k, stdout);
         }
     }
@@ -487,8 +487,8 @@ static void emitter_finish(struct emitter *e) {
     free(e->out);
 }
 
-static int generate(struct model *m, const struct options *o, const int32_t *prompt,
-                    int n_prompt, struct gen_stats *st) {
+static int generate(struct model *m, const struct options *o, const int32_t *prompt, int n_prompt,
+                    struct gen_stats *st) {
     struct sampler *s = sampler_new(&o->sp, (int32_t)m->hp.n_vocab);
     if (!s) return -1;
     float *logits = xmalloc((size_t)m->hp.n_vocab * sizeof(float));
@@ -524,8 +524,9 @@ static int generate(struct model *m, const struct options *o, const int32_t *pro
 
 static void print_stats(const struct options *o, const struct gen_stats *st) {
     if (o->verbosity < V_NORMAL) return;
-    fprintf(stderr, "moerun: prompt %d tokens in %.3f s (%.1f t/s), generated %d tokens in %.3f s "
-                    "(%.1f t/s)\n",
+    fprintf(stderr,
+            "moerun: prompt %d tokens in %.3f s (%.1f t/s), generated %d tokens in %.3f s "
+            "(%.1f t/s)\n",
             st->n_prompt, st->t_prompt, st->t_prompt > 0 ? st->n_prompt / st->t_prompt : 0.0,
             st->n_gen, st->t_gen, st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
 }
@@ -553,8 +554,9 @@ static int cmd_run(struct options *o) {
     if (o->verbosity >= V_VERBOSE) {
         fprintf(stderr, "moerun: prompt tokens:");
         for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
-        fprintf(stderr, "\nmoerun: seed %llu, temp %.2f, top-k %d, top-p %.2f, min-p %.2f, "
-                        "repeat-penalty %.2f over %d\n",
+        fprintf(stderr,
+                "\nmoerun: seed %llu, temp %.2f, top-k %d, top-p %.2f, min-p %.2f, "
+                "repeat-penalty %.2f over %d\n",
                 (unsigned long long)o->sp.seed, (double)o->sp.temp, o->sp.top_k,
                 (double)o->sp.top_p, (double)o->sp.min_p, (double)o->sp.repeat_penalty,
                 o->sp.repeat_last_n);
@@ -653,8 +655,8 @@ static void print_hparams(const struct model *m) {
     printf("rope: %u dims, base %g, scale %g\n", hp->n_rot, (double)hp->rope_freq_base,
            (double)hp->rope_freq_scale);
     printf("rms epsilon: %g\n", (double)hp->norm_eps);
-    printf("output: %s\n", m->w[W_OUTPUT].t == m->w[W_TOKEN_EMBD].t ? "tied to token_embd"
-                                                                     : "output.weight");
+    printf("output: %s\n",
+           m->w[W_OUTPUT].t == m->w[W_TOKEN_EMBD].t ? "tied to token_embd" : "output.weight");
     printf("kv cache: %llu bytes per token (f32)\n",
            (unsigned long long)hp->n_layer * (hp->n_head_kv * (hp->head_dim + hp->head_dim_v)) *
                4ull);
@@ -732,8 +734,8 @@ int main(int argc, char **argv) {
     struct {
         const char *name;
         int (*fn)(struct options *);
-    } cmds[] = {{"run", cmd_run}, {"info", cmd_info}, {"tokenize", cmd_tokenize},
-                {"eval", cmd_eval}};
+    } cmds[] = {
+        {"run", cmd_run}, {"info", cmd_info}, {"tokenize", cmd_tokenize}, {"eval", cmd_eval}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name)) continue;
         struct options o = {.cmd = cmds[i].name, .n_predict = -1, .verbosity = V_NORMAL};

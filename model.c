@@ -174,15 +174,24 @@ static int read_hparams(struct model *m) {
 
 static int64_t dim_value(const struct hparams *hp, enum dim d) {
     switch (d) {
-    case D_NONE: return 1;
-    case D_EMBD: return hp->n_embd;
-    case D_VOCAB: return hp->n_vocab;
-    case D_FF: return hp->n_ff;
-    case D_Q: return (int64_t)hp->n_head * hp->head_dim;
-    case D_K: return (int64_t)hp->n_head_kv * hp->head_dim;
-    case D_V: return (int64_t)hp->n_head_kv * hp->head_dim_v;
-    case D_ATTN_O: return (int64_t)hp->n_head * hp->head_dim_v;
-    case D_ROT_2: return hp->n_rot / 2;
+    case D_NONE:
+        return 1;
+    case D_EMBD:
+        return hp->n_embd;
+    case D_VOCAB:
+        return hp->n_vocab;
+    case D_FF:
+        return hp->n_ff;
+    case D_Q:
+        return (int64_t)hp->n_head * hp->head_dim;
+    case D_K:
+        return (int64_t)hp->n_head_kv * hp->head_dim;
+    case D_V:
+        return (int64_t)hp->n_head_kv * hp->head_dim_v;
+    case D_ATTN_O:
+        return (int64_t)hp->n_head * hp->head_dim_v;
+    case D_ROT_2:
+        return hp->n_rot / 2;
     }
     return -1;
 }
@@ -197,8 +206,7 @@ static int check_shape(const struct model *m, const struct gguf_tensor *t,
                     "hyper-parameters say [%lld, %lld, %lld, %lld]",
                     m->file.path, (int)t->name.len, t->name.data, (long long)t->ne[0],
                     (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
-                    (long long)want[0], (long long)want[1], (long long)want[2],
-                    (long long)want[3]);
+                    (long long)want[0], (long long)want[1], (long long)want[2], (long long)want[3]);
             return -1;
         }
     }
@@ -235,7 +243,8 @@ static int bind_one(struct model *m, const struct tensor_spec *s, int layer, str
     }
     if (check_shape(m, t, s) < 0 || check_type(m, t, s) < 0) return -1;
     w->t = t;
-    w->m = (struct cpu_matrix){t->data, t->type, t->ne[0], t->ne[1], qtype_row_size(t->type, t->ne[0])};
+    w->m = (struct cpu_matrix){t->data, t->type, t->ne[0], t->ne[1],
+                               qtype_row_size(t->type, t->ne[0])};
     return 0;
 }
 
@@ -346,7 +355,8 @@ int model_init(struct model *m, const struct model_params *p) {
     };
     m->cpu = cpu_init(&cc);
     size_t B = (size_t)m->max_batch;
-    size_t kv_k = (size_t)hp->n_head_kv * hp->head_dim, kv_v = (size_t)hp->n_head_kv * hp->head_dim_v;
+    size_t kv_k = (size_t)hp->n_head_kv * hp->head_dim,
+           kv_v = (size_t)hp->n_head_kv * hp->head_dim_v;
     m->k_cache = xcalloc((size_t)hp->n_layer * (size_t)n_ctx * kv_k, sizeof(float));
     m->v_cache = xcalloc((size_t)hp->n_layer * (size_t)n_ctx * kv_v, sizeof(float));
     m->x = xaligned_alloc(B * hp->n_embd * sizeof(float));
@@ -390,7 +400,8 @@ static const float *vec(const struct weight *w) { return (const float *)w->m.dat
 static void attention_block(struct model *m, int il, int n_tok, int pos0) {
     const struct hparams *hp = &m->hp;
     const struct model_layer *L = &m->layers[il];
-    size_t kv_k = (size_t)hp->n_head_kv * hp->head_dim, kv_v = (size_t)hp->n_head_kv * hp->head_dim_v;
+    size_t kv_k = (size_t)hp->n_head_kv * hp->head_dim,
+           kv_v = (size_t)hp->n_head_kv * hp->head_dim_v;
     float *k_cache = m->k_cache + (size_t)il * (size_t)m->n_ctx * kv_k;
     float *v_cache = m->v_cache + (size_t)il * (size_t)m->n_ctx * kv_v;
     struct rope_params rp = {arches[m->arch].rope_mode, (int)hp->n_rot, hp->rope_freq_base,
@@ -408,9 +419,16 @@ static void attention_block(struct model *m, int il, int n_tok, int pos0) {
     memcpy(v_cache + (size_t)pos0 * kv_v, m->v, (size_t)n_tok * kv_v * sizeof(float));
 
     struct attn_args a = {
-        .q = m->q, .k_cache = k_cache, .v_cache = v_cache, .out = m->att, .n_tok = n_tok,
-        .pos0 = pos0, .n_head = (int)hp->n_head, .n_head_kv = (int)hp->n_head_kv,
-        .head_dim = (int)hp->head_dim, .head_dim_v = (int)hp->head_dim_v,
+        .q = m->q,
+        .k_cache = k_cache,
+        .v_cache = v_cache,
+        .out = m->att,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)hp->n_head,
+        .n_head_kv = (int)hp->n_head_kv,
+        .head_dim = (int)hp->head_dim,
+        .head_dim_v = (int)hp->head_dim_v,
         .scale = 1.0f / sqrtf((float)hp->head_dim),
     };
     cpu_attention(m->cpu, &a);

@@ -1003,8 +1003,8 @@ static void q3_K_from_float(const float *x, void *dst, int64_t n) {
 
 /* Integer products of 16-value groups accumulated in 8 lanes, then scaled, as ggml's
  * generic K-quant kernels do (shared by Q3_K..Q6_K). */
-typedef void (*k_lane_sums_fn)(const int8_t *a, const int8_t *q8, const int *group_scale,
-                               int group, int32_t *aux32);
+typedef void (*k_lane_sums_fn)(const int8_t *a, const int8_t *q8, const int *group_scale, int group,
+                               int32_t *aux32);
 
 static void k_lane_sums(const int8_t *a, const int8_t *q8, const int *group_scale, int group,
                         int32_t *aux32) {
@@ -1016,7 +1016,7 @@ static void k_lane_sums(const int8_t *a, const int8_t *q8, const int *group_scal
 }
 
 static void vec_dot_q3_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                                k_lane_sums_fn lane_sums) {
+                              k_lane_sums_fn lane_sums) {
     const struct block_q3_K *x = vx;
     const struct block_q8_K *y = vy;
     float sums[8] = {0};
@@ -1090,7 +1090,7 @@ static int k4_scales_mins(const uint8_t *packed, const int16_t *bsums, int *scal
 }
 
 static void vec_dot_q4_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                                k_lane_sums_fn lane_sums) {
+                              k_lane_sums_fn lane_sums) {
     const struct block_q4_K *x = vx;
     const struct block_q8_K *y = vy;
     float sums[8] = {0};
@@ -1173,7 +1173,7 @@ static void q5_K_from_float(const float *x, void *dst, int64_t n) {
 }
 
 static void vec_dot_q5_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                                k_lane_sums_fn lane_sums) {
+                              k_lane_sums_fn lane_sums) {
     const struct block_q5_K *x = vx;
     const struct block_q8_K *y = vy;
     float sums[8] = {0};
@@ -1272,7 +1272,7 @@ static void q6_K_from_float(const float *x, void *dst, int64_t n) {
 }
 
 static void vec_dot_q6_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                                k_lane_sums_fn lane_sums) {
+                              k_lane_sums_fn lane_sums) {
     const struct block_q6_K *x = vx;
     const struct block_q8_K *y = vy;
     float sums[8] = {0};
@@ -1393,8 +1393,8 @@ QT_AVX2 static __m256i expand_bits_32(const uint8_t *bits) {
     uint32_t m;
     memcpy(&m, bits, sizeof m);
     /* byte j takes byte j/8 of m (shuffles stay within 128-bit halves; every 4 bytes hold m) */
-    const __m256i which = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
-                                            0x0101010101010101LL, 0);
+    const __m256i which =
+        _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
     const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m), which);
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
@@ -1453,7 +1453,8 @@ QT_AVX2 static void k_lane_sums_avx2(const int8_t *a, const int8_t *q8, const in
         const __m256i p = _mm256_mullo_epi16(a16, q16);
         const __m256i s = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)),
                                            _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
-        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(group_scale[j / group])));
+        acc =
+            _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(group_scale[j / group])));
     }
     _mm256_storeu_si256((__m256i *)aux32, acc);
 }

@@ -52,8 +52,7 @@ int64_t tokenizer_encode(const struct tokenizer *t, const char *text, size_t len
 /* The bytes a token stands for when printed: byte tokens <0xXX> give their byte, U+2581
  * becomes a space, control tokens give "" unless show_special. Returns length written (at
  * most cap), or -1 for an id out of range or cap < tokenizer_max_piece's need (err set). */
-int tokenizer_piece(const struct tokenizer *t, int32_t id, int show_special, char *buf,
-                    size_t cap);
+int tokenizer_piece(const struct tokenizer *t, int32_t id, int show_special, char *buf, size_t cap);
 
 /* Streaming detokenizer: feed pieces, get back only complete UTF-8 characters; a character
  * split over several tokens is emitted once it is whole. Invalid sequences come out as

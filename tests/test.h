@@ -26,7 +26,7 @@ __attribute__((format(printf, 3, 4), unused)) static int test_report(const char 
 }
 
 __attribute__((format(printf, 2, 3), unused)) static void test_skip(const char *name,
-                                                                   const char *fmt, ...) {
+                                                                    const char *fmt, ...) {
     va_list ap;
     printf("SKIP %s: ", name);
     va_start(ap, fmt);

@@ -49,10 +49,10 @@ static void expect_error(const char *name, const char *args, const char *needle1
 }
 
 struct edit {
-    const char *drop_tensor; /* leave this tensor out */
+    const char *drop_tensor;   /* leave this tensor out */
     const char *retype_tensor; /* give this tensor type new_type (bytes resized) */
     uint32_t new_type;
-    const char *key; /* set this key ... */
+    const char *key;       /* set this key ... */
     const char *str_value; /* ... to a string */
     uint32_t u32_value;    /* ... or to a u32 when str_value is NULL */
 };
@@ -74,7 +74,8 @@ static int write_edited(const struct gguf_file *src, const struct edit *e, const
         copy_name(name, sizeof name, t->name);
         if (e->drop_tensor && !strcmp(name, e->drop_tensor)) continue;
         if (e->retype_tensor && !strcmp(name, e->retype_tensor)) {
-            size_t nb = qtype_row_size(e->new_type, t->ne[0]) * (size_t)(t->ne[1] * t->ne[2] * t->ne[3]);
+            size_t nb =
+                qtype_row_size(e->new_type, t->ne[0]) * (size_t)(t->ne[1] * t->ne[2] * t->ne[3]);
             junk = xcalloc(nb, 1);
             gguf_add_tensor(w, name, e->new_type, t->n_dims, t->ne, junk, nb);
             continue;
@@ -157,10 +158,10 @@ static void test_input_errors(const char *stories) {
     char args[1200];
     snprintf(args, sizeof args,
              "run %s -c 8 -p 'Once upon a time there was a little girl named Lily'", stories);
-    expect_error("prompt longer than the context", args, "the prompt has",
-                 "the context holds 8");
+    expect_error("prompt longer than the context", args, "the prompt has", "the context holds 8");
     snprintf(args, sizeof args, "eval %s --tokens 1,99999 --logits /dev/null", stories);
-    expect_error("token id outside the vocabulary", args, "token id 99999", "outside the vocabulary");
+    expect_error("token id outside the vocabulary", args, "token id 99999",
+                 "outside the vocabulary");
     snprintf(args, sizeof args, "run %s -n abc -p hi", stories);
     expect_error("bad number", args, "-n expects an integer", "'abc'");
     snprintf(args, sizeof args, "run %s --frobnicate", stories);

@@ -11,9 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const int32_t compat_tokens[] = {1,   403, 407, 261, 378, 432, 383, 286,
-                                        261, 376, 298, 315, 421, 395, 317, 426,
-                                        3,   511, 130, 259, 2,   62,  499, 403};
+static const int32_t compat_tokens[] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315,
+                                        421, 395, 317, 426, 3,   511, 130, 259, 2,   62,  499, 403};
 enum { N_COMPAT = sizeof compat_tokens / sizeof compat_tokens[0] };
 
 static float *read_floats(const char *path, size_t n) {
@@ -71,8 +70,7 @@ static int argmax_and_gap(const float *row, int n, float *gap) {
     return best;
 }
 
-static struct diff compare(const float *got, const float *want, int n_tok, int n_vocab,
-                           float tol) {
+static struct diff compare(const float *got, const float *want, int n_tok, int n_vocab, float tol) {
     struct diff d = {0, 0, 0};
     for (int t = 0; t < n_tok; t++) {
         const float *g = got + (size_t)t * n_vocab, *w = want + (size_t)t * n_vocab;
@@ -155,15 +153,15 @@ static void test_stories(void) {
     int32_t ids[256];
     int n = read_json_tokens(json, ids, 256);
     if (!test_report("stories260K tokens", n == 68, "read %d ids from %s", n, json)) return;
-    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, 1e-3f,
-                 PATH_BATCH, -1);
+    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, 1e-3f, PATH_BATCH,
+                 -1);
     check_logits("stories260K decode", gguf, ids, n, ref, 1e-3f, PATH_DECODE, -1);
     if (cpu_has_blas())
         check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, 1e-3f, PATH_BATCH, 1);
 }
 
-static const char *compat_types[] = {"F32",  "F16",    "BF16",   "Q8_0",   "Q4_0",
-                                     "Q4_1", "Q5_0",   "Q5_1",   "Q2_K",   "Q3_K_S",
+static const char *compat_types[] = {"F32",    "F16",    "BF16", "Q8_0",  "Q4_0",
+                                     "Q4_1",   "Q5_0",   "Q5_1", "Q2_K",  "Q3_K_S",
                                      "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_K_M"};
 
 /* Batch and decode agree on F32 weights: same math, other grouping of the work. */

@@ -497,7 +497,8 @@ static void test_vec_dot(void) {
  * the portable float stage and must agree bit for bit: a last-bit difference flips int8
  * roundings of later activations and moved llama-Q4_K_S logits by 0.12 from llama.cpp's. */
 static void test_simd_vs_scalar(void) {
-    static const enum qtype simd_types[] = {QT_Q8_0, QT_Q4_0, QT_Q4_1, QT_Q5_1, QT_Q3_K, QT_Q4_K, QT_Q5_K, QT_Q6_K};
+    static const enum qtype simd_types[] = {QT_Q8_0, QT_Q4_0, QT_Q4_1, QT_Q5_1,
+                                            QT_Q3_K, QT_Q4_K, QT_Q5_K, QT_Q6_K};
     if (!qtype_simd_level()) {
         test_skip("quant_simd_vs_scalar", "no AVX2+FMA on this CPU (or not an x86 build)");
         return;
