@@ -281,13 +281,6 @@ static inline float exp_poly(float x) {
     return ldexpf(p, (int)n);
 }
 
-/* Pairwise tree over ACC_LANES values (lane i + lane i+8, then +4, +2, +1). */
-static float reduce_lanes(float *l, int64_t stride) {
-    for (int w = ACC_LANES / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) l[i * stride] += l[(i + w) * stride];
-    return l[0];
-}
-
 void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows, float eps) {
     for (int r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * (size_t)n;
@@ -322,7 +315,7 @@ FMA_CLONES static void softmax_row(float *x, int64_t n) {
         float lanes[ACC_LANES] = {0};
         for (int64_t i = i0; i < n && i < i0 + ACC_LANES; i++)
             lanes[i - i0] = x[i] = exp_poly(x[i] - max);
-        sum += reduce_lanes(lanes, 1);
+        sum += qt_reduce_lanes16(lanes, 1);
     }
     float inv = (float)(1.0 / sum);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
@@ -377,7 +370,7 @@ FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const
         float *l = lanes + (size_t)(j % ACC_LANES) * (size_t)hd;
         for (int d = 0; d < hd; d++) l[d] = fmaf(p[j], v[d], l[d]);
     }
-    for (int d = 0; d < hd; d++) out[d] = reduce_lanes(lanes + d, hd);
+    for (int d = 0; d < hd; d++) out[d] = qt_reduce_lanes16(lanes + d, hd);
 }
 
 static void attend_one(const struct attn_args *a, int t, int h, float *p, float *lanes) {
@@ -388,9 +381,7 @@ static void attend_one(const struct attn_args *a, int t, int h, float *p, float 
                      (size_t)h * (size_t)a->head_dim;
     for (int j = 0; j < n_kv; j++) {
         const float *k = a->k_cache + (size_t)j * (size_t)kv_stride + (size_t)kvh * a->head_dim;
-        float dot = 0.0f;
-        for (int d = 0; d < a->head_dim; d++) dot += q[d] * k[d];
-        p[j] = dot * a->scale;
+        p[j] = qt_dot_f32_vec(q, k, a->head_dim) * a->scale;
     }
     cpu_softmax(p, n_kv);
     float *out = a->out + (size_t)t * (size_t)a->n_head * (size_t)a->head_dim_v +

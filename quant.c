@@ -467,11 +467,56 @@ static void f32_from_float(const float *src, void *dst, int64_t n) {
     memcpy(dst, src, (size_t)n * sizeof(float));
 }
 
+/* llama.cpp multiplies F32 rows in two orders: its tinyBLAS sgemm when the row length is a
+ * multiple of 16 (16 lanes of fused multiply-adds, tree-reduced) and ggml's vec_dot_f32
+ * otherwise (four 16-lane accumulators over 64-value steps, folded, then the tail one by one,
+ * unfused). Reproducing both keeps F32 models bit-identical to its results. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QT_FMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define QT_FMA_CLONES
+#endif
+
+float qt_reduce_lanes16(float *lanes, int64_t stride) {
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) lanes[i * stride] += lanes[(i + w) * stride];
+    return lanes[0];
+}
+
+QT_FMA_CLONES static float dot_f32_sgemm_order(const float *x, const float *y, int64_t n) {
+    float l[16] = {0};
+    for (int64_t i = 0; i < n; i += 16)
+        for (int k = 0; k < 16; k++) l[k] = fmaf(x[i + k], y[i + k], l[k]);
+    return qt_reduce_lanes16(l, 1);
+}
+
+QT_FMA_CLONES static float dot_f32_vec_order(const float *x, const float *y, int64_t n) {
+    float acc[4][16] = {{0}};
+    const int64_t body = n & ~(int64_t)63;
+    for (int64_t i = 0; i < body; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 16; k++)
+                acc[j][k] = fmaf(x[i + 16 * j + k], y[i + 16 * j + k], acc[j][k]);
+    for (int k = 0; k < 16; k++) {
+        acc[0][k] += acc[2][k];
+        acc[1][k] += acc[3][k];
+    }
+    for (int k = 0; k < 16; k++) acc[0][k] += acc[1][k];
+    float sum = qt_reduce_lanes16(acc[0], 1);
+    for (int64_t i = body; i < n; ++i) sum += x[i] * y[i];
+    return sum;
+}
+
+float qt_dot_f32(const float *x, const float *y, int64_t n) {
+    return n % 16 == 0 ? dot_f32_sgemm_order(x, y, n) : dot_f32_vec_order(x, y, n);
+}
+
+float qt_dot_f32_vec(const float *x, const float *y, int64_t n) {
+    return dot_f32_vec_order(x, y, n);
+}
+
 static void vec_dot_f32(int64_t n, float *out, const void *vx, const void *vy) {
-    const float *x = vx, *y = vy;
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += (double)(x[i] * y[i]);
-    *out = (float)sum;
+    *out = qt_dot_f32(vx, vy, n);
 }
 
 /* ============================================================================

@@ -62,6 +62,14 @@ qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type);
 /* 1 when traits' vec_dot uses the AVX2+FMA kernels on this CPU, 0 for portable C only. */
 int qtype_simd_level(void);
 
+/* F32 dot products in llama.cpp's CPU summation orders (see quant.c): qt_dot_f32 is what its
+ * matrix products compute for a row of n values (sgemm order when n % 16 == 0), qt_dot_f32_vec
+ * the order of ggml's vec_dot_f32 (used by its attention scores). */
+float qt_dot_f32(const float *x, const float *y, int64_t n);
+float qt_dot_f32_vec(const float *x, const float *y, int64_t n);
+/* Pairwise sum of 16 values stride apart (lane i + lane i+8, then +4, +2, +1), in place. */
+float qt_reduce_lanes16(float *lanes, int64_t stride);
+
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f); /* round to nearest even, as ggml */
 float bf16_to_f32(uint16_t h);
