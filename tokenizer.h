@@ -1,5 +1,6 @@
 /* Tokenizers named by tokenizer.ggml.model: "llama" (SentencePiece BPE with byte fallback)
- * now; byte-level BPE ("gpt2") joins later. Detokenization streams UTF-8 safely. */
+ * and "gpt2" (byte-level BPE split first by the pre-tokenizer tokenizer.ggml.pre names).
+ * Both match llama.cpp's ids exactly. Detokenization streams UTF-8 safely. */
 #ifndef MOERUN_TOKENIZER_H
 #define MOERUN_TOKENIZER_H
 
@@ -19,7 +20,7 @@ enum token_type {
     TOKEN_BYTE = 6,
 };
 
-enum tokenizer_kind { TOKENIZER_SPM = 1 };
+enum tokenizer_kind { TOKENIZER_SPM = 1, TOKENIZER_BPE = 2 };
 
 struct tokenizer; /* opaque */
 
@@ -28,14 +29,20 @@ struct tokenizer; /* opaque */
 struct tokenizer *tokenizer_load(const struct gguf_file *f);
 void tokenizer_free(struct tokenizer *t);
 
+enum tokenizer_kind tokenizer_kind(const struct tokenizer *t);
+/* The pre-tokenizer rules in use ("llama3", "qwen2", "deepseek-v3", ... or "default" when
+ * tokenizer.ggml.pre is missing or unknown, which also prints one warning on stderr at
+ * load); NULL for SPM. */
+const char *tokenizer_pre(const struct tokenizer *t);
 int32_t tokenizer_n_vocab(const struct tokenizer *t);
 int32_t tokenizer_bos(const struct tokenizer *t); /* -1 when the file has none */
 int32_t tokenizer_eos(const struct tokenizer *t); /* -1 when the file has none */
-int tokenizer_add_bos(const struct tokenizer *t); /* tokenizer.ggml.add_bos_token, default 1 */
+/* tokenizer.ggml.add_bos_token; default 1 for SPM and llama3-style BPE, else 0. */
+int tokenizer_add_bos(const struct tokenizer *t);
 /* True for ids that end generation (EOS, EOT and the like). */
 int tokenizer_is_eog(const struct tokenizer *t, int32_t id);
 int tokenizer_add_eos(const struct tokenizer *t);          /* add_eos_token, default 0 */
-int tokenizer_add_space_prefix(const struct tokenizer *t); /* add_space_prefix, default 1 */
+int tokenizer_add_space_prefix(const struct tokenizer *t); /* default 1 for SPM, 0 for BPE */
 /* Bytes the longest piece can take: a buffer this big never fails tokenizer_piece. */
 int tokenizer_max_piece(const struct tokenizer *t);
 /* The id whose text is exactly text[0..len) (e.g. "<|im_start|>"), or -1. */
@@ -49,10 +56,20 @@ enum token_type tokenizer_token_type(const struct tokenizer *t, int32_t id);
 int64_t tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int add_bos,
                          int parse_special, int32_t **out);
 
-/* The bytes a token stands for when printed: byte tokens <0xXX> give their byte, U+2581
- * becomes a space, control tokens give "" unless show_special. Returns length written (at
- * most cap), or -1 for an id out of range or cap < tokenizer_max_piece's need (err set). */
+/* The bytes a token stands for when printed: SPM byte tokens <0xXX> give their byte and
+ * U+2581 becomes a space; BPE tokens map each character back to the byte it encodes (a
+ * piece may be part of a UTF-8 character); control tokens give "" unless show_special;
+ * user-defined tokens give their text. Returns length written (at most cap), or -1 for an
+ * id out of range or cap < tokenizer_max_piece's need (err set). */
 int tokenizer_piece(const struct tokenizer *t, int32_t id, int show_special, char *buf, size_t cap);
+
+/* The text of n ids, as a streaming printer shows it: pieces joined, the leading space of
+ * the first one dropped when add_space_prefix holds (SPM), broken UTF-8 as U+FFFD. No
+ * clean-up of spaces before punctuation, so decoding the ids of valid UTF-8 text gives that
+ * text back byte for byte. Writes at most cap bytes (no NUL) and returns the full length
+ * (call with cap 0 to size the buffer), or -1 for an id out of range (err set). */
+int64_t tokenizer_decode(const struct tokenizer *t, const int32_t *ids, size_t n, int show_special,
+                         char *out, size_t cap);
 
 /* Streaming detokenizer: feed pieces, get back only complete UTF-8 characters; a character
  * split over several tokens is emitted once it is whole. Invalid sequences come out as

@@ -33,7 +33,8 @@ static void close_vocab(struct opened *o) {
 }
 
 /* Decodes ids the way a streaming printer would: pieces through detok. */
-static char *decode(const struct tokenizer *t, const int32_t *ids, int64_t n, size_t *len) {
+static char *decode(const struct tokenizer *t, const int32_t *ids, int64_t n, int show_special,
+                    size_t *len) {
     size_t cap_piece = (size_t)tokenizer_max_piece(t);
     char *piece = xmalloc(cap_piece);
     size_t cap = 16, w = 0;
@@ -42,7 +43,7 @@ static char *decode(const struct tokenizer *t, const int32_t *ids, int64_t n, si
     detok_init(&d, tokenizer_add_space_prefix(t));
     for (int64_t i = 0; i <= n; i++) {
         int pn = 0;
-        if (i < n) pn = tokenizer_piece(t, ids[i], 0, piece, cap_piece);
+        if (i < n) pn = tokenizer_piece(t, ids[i], show_special, piece, cap_piece);
         if (pn < 0) pn = 0;
         size_t need = w + DETOK_OUT_CAP(pn);
         if (need > cap) cap = 2 * need, out = xrealloc(out, cap);
@@ -93,12 +94,19 @@ static void print_ids(const char *what, const int32_t *ids, int64_t n) {
     printf("%s\n", n > 40 ? " ..." : "");
 }
 
-static void test_vocab_file(const char *name) {
-    char path[1024], inp_path[1100], out_path[1100], tname[128];
-    snprintf(path, sizeof path, "%s/vocab/%s", test_fixtures(), name);
-    snprintf(inp_path, sizeof inp_path, "%s.inp", path);
-    snprintf(out_path, sizeof out_path, "%s.out", path);
-    snprintf(tname, sizeof tname, "tokenizer_conformance_%s", name);
+/* A vocabulary file and its reference texts and ids, as paths under the fixtures. */
+struct conformance {
+    const char *label, *gguf, *inp, *out;
+    int parse_special;
+    const char *reference; /* whose ids the .out file holds */
+};
+
+static void test_conformance(const struct conformance *c) {
+    char path[1024], inp_path[1024], out_path[1024], tname[128];
+    snprintf(path, sizeof path, "%s/%s", test_fixtures(), c->gguf);
+    snprintf(inp_path, sizeof inp_path, "%s/%s", test_fixtures(), c->inp);
+    snprintf(out_path, sizeof out_path, "%s/%s", test_fixtures(), c->out);
+    snprintf(tname, sizeof tname, "tokenizer_conformance_%s", c->label);
     struct opened o;
     int rc = open_vocab(path, &o);
     if (rc == 0) return test_skip(tname, "%s not found", path);
@@ -109,7 +117,7 @@ static void test_vocab_file(const char *name) {
     size_t inp_len, out_len;
     char *inp = test_read_file(inp_path, &inp_len), *outs = test_read_file(out_path, &out_len);
     if (!inp || !outs) {
-        test_skip(tname, "%s.inp/.out not found", path);
+        test_skip(tname, "%s or %s not found", inp_path, out_path);
         goto done;
     }
     enum { MAX_TEXTS = 256, MAX_IDS = 4096 };
@@ -124,7 +132,7 @@ static void test_vocab_file(const char *name) {
         char *nl = strchr(line, '\n');
         line = nl ? nl + 1 : NULL;
         int32_t *got;
-        int64_t n_got = tokenizer_encode(o.t, texts[i], lens[i], 0, 0, &got);
+        int64_t n_got = tokenizer_encode(o.t, texts[i], lens[i], 0, c->parse_special, &got);
         int same = n_got == n_want && memcmp(got, want, (size_t)n_want * sizeof *want) == 0;
         n_match += same;
         if (!same) {
@@ -133,16 +141,23 @@ static void test_vocab_file(const char *name) {
             if (n_got >= 0) print_ids("got ", got, n_got);
         }
         size_t dlen;
-        char *dec = decode(o.t, got, n_got < 0 ? 0 : n_got, &dlen);
-        int round = dlen == lens[i] && memcmp(dec, texts[i], dlen) == 0;
+        char *dec = decode(o.t, got, n_got < 0 ? 0 : n_got, c->parse_special, &dlen);
+        /* tokenizer_decode must give what the streaming printer gives. */
+        char *whole = xmalloc(dlen + 1);
+        int64_t wlen = tokenizer_decode(o.t, got, n_got < 0 ? 0 : (size_t)n_got, c->parse_special,
+                                        whole, dlen + 1);
+        int round = dlen == lens[i] && memcmp(dec, texts[i], dlen) == 0 && wlen == (int64_t)dlen &&
+                    memcmp(whole, dec, dlen) == 0;
+        free(whole);
         n_round += round;
         if (!round) printf("    case %zu round trip gave '%.*s'\n", i, (int)dlen, dec);
         free(dec);
         free(got);
     }
     test_report(tname, n_texts > 0 && n_match == n_texts && n_lines == n_texts,
-                "%zu/%zu texts match llama.cpp exactly (%zu id lines)", n_match, n_texts, n_lines);
-    snprintf(tname, sizeof tname, "tokenizer_round_trip_%s", name);
+                "%zu/%zu texts match %s exactly (%zu id lines)", n_match, n_texts, c->reference,
+                n_lines);
+    snprintf(tname, sizeof tname, "tokenizer_round_trip_%s", c->label);
     test_report(tname, n_texts > 0 && n_round == n_texts, "%zu/%zu texts decode back exactly",
                 n_round, n_texts);
 done:
@@ -150,6 +165,26 @@ done:
     free(outs);
     close_vocab(&o);
 }
+
+#define LLAMA_VOCAB(name)                                                                          \
+    {                                                                                              \
+        name, "vocab/ggml-vocab-" name ".gguf", "vocab/ggml-vocab-" name ".gguf.inp",              \
+            "vocab/ggml-vocab-" name ".gguf.out", 0, "llama.cpp"                                   \
+    }
+
+/* llama.cpp's own test: no BOS, no special-token parsing. Hugging Face's DeepSeek-V3
+ * tokenizer matches special-token texts even when it adds no special tokens, so that
+ * comparison parses them. */
+static const struct conformance conformance_cases[] = {
+    LLAMA_VOCAB("llama-spm"),
+    LLAMA_VOCAB("llama-bpe"),
+    LLAMA_VOCAB("deepseek-llm"),
+    LLAMA_VOCAB("deepseek-coder"),
+    LLAMA_VOCAB("qwen2"),
+    LLAMA_VOCAB("gpt-2"),
+    {"deepseek-v3-hf", "deepseek-v3-tokenizer/ggml-vocab-deepseek-v3.gguf",
+     "deepseek-v3-tokenizer/texts.inp", "deepseek-v3-tokenizer/texts.out", 1, "Hugging Face"},
+};
 
 /* Control tokens are matched only with parse_special; the text after one is prefixed with a
  * space again (llama.cpp: "▁Hello" = 15043, "▁" = 29871 in this vocabulary). */
@@ -414,12 +449,206 @@ static void test_errors(const char *path) {
     s.bos = 12;
     expect_load_error(path, "tokenizer_err_bos_range", &s, "bos_token_id");
     s = tiny_spec();
-    s.model = "gpt2";
+    s.model = "bert";
     expect_load_error(path, "tokenizer_err_unsupported_model", &s,
-                      "unsupported tokenizer model 'gpt2'");
+                      "unsupported tokenizer model 'bert'");
     const char *const dup[] = {"<unk>", "<s>", "</s>", "a", "a"};
     s = (struct vocab_spec){"llama", 5, dup, tiny_scores, 5, tiny_types, 5, 0, 1};
     expect_load_error(path, "tokenizer_err_duplicate_token", &s, "both 'a'");
+}
+
+/* ---- a hand-made byte-level BPE vocabulary: merges, pre-tokenizer fallback, specials ---- */
+
+#define G_SPACE "\xc4\xa0" /* GPT-2's character for the byte ' ' */
+
+static const char *const bpe_tokens[] = {"a", "b", "c",       G_SPACE,    "ab", G_SPACE "ab",
+                                         "1", "2", "<|end|>", "<|user|>", "<x>"};
+static const int32_t bpe_types[] = {
+    1, 1, 1, 1, 1, 1, 1, 1, TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_USER_DEFINED};
+static const char *const bpe_merges[] = {"a b", G_SPACE " ab"};
+
+struct bpe_spec {
+    const char *pre; /* NULL: leave the key out */
+    const char *const *merges;
+    int n_merges;
+};
+
+static int write_bpe_vocab(const char *path, const struct bpe_spec *s) {
+    struct gguf_writer *w = gguf_writer_new();
+    gguf_set_str(w, "general.architecture", "qwen2");
+    gguf_set_str(w, "tokenizer.ggml.model", "gpt2");
+    if (s->pre) gguf_set_str(w, "tokenizer.ggml.pre", s->pre);
+    gguf_set_arr_str(w, "tokenizer.ggml.tokens", bpe_tokens, 11);
+    gguf_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, bpe_types, 11);
+    if (s->merges) gguf_set_arr_str(w, "tokenizer.ggml.merges", s->merges, (uint64_t)s->n_merges);
+    gguf_set_u32(w, "tokenizer.ggml.eos_token_id", 8);
+    int rc = gguf_writer_write(w, path);
+    gguf_writer_free(w);
+    return rc;
+}
+
+/* Loads with stderr sent to a file; returns the number of lines it got (-1: load failed). */
+static int load_counting_warnings(const char *path, const char *grep, struct opened *o) {
+    char log[128];
+    snprintf(log, sizeof log, "%s.stderr", path);
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *fp = fopen(log, "w+");
+    if (saved < 0 || !fp) return -1;
+    dup2(fileno(fp), 2);
+    int rc = open_vocab(path, o);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fclose(fp);
+    size_t len;
+    char *text = test_read_file(log, &len);
+    unlink(log);
+    int n = 0;
+    for (char *p = text; p && (p = strstr(p, grep)); p++) n++;
+    free(text);
+    return rc == 1 ? n : -1;
+}
+
+static int64_t encode_str(const struct tokenizer *t, const char *text, int special, int32_t **ids) {
+    return tokenizer_encode(t, text, strlen(text), 0, special, ids);
+}
+
+static void test_bpe_tiny(const char *path) {
+    struct bpe_spec s = {"qwen2", bpe_merges, 2};
+    struct opened o;
+    if (write_bpe_vocab(path, &s) < 0 || open_vocab(path, &o) != 1) {
+        test_report("tokenizer_bpe_tiny_load", 0, "%s", err_get());
+        return;
+    }
+    const struct tokenizer *t = o.t;
+    /* "ab ab" -> ab, Ġab; 'c' then digits split one by one (qwen2); a user-defined token is
+     * cut out even without parse_special, control tokens only with it. */
+    check_encode(t, "tokenizer_bpe_tiny_merges", "ab abc12", 0, (int32_t[]){4, 5, 2, 6, 7}, 5);
+    check_encode(t, "tokenizer_bpe_tiny_user_defined", "a<x>b", 0, (int32_t[]){0, 10, 1}, 3);
+    check_encode(t, "tokenizer_bpe_tiny_control_parsed", "<|user|>ab<|end|>", 1,
+                 (int32_t[]){9, 4, 8}, 3);
+    int32_t *ids;
+    int64_t n = encode_str(t, "<|end|>", 0, &ids);
+    int has_control = 0;
+    for (int64_t i = 0; i < n; i++) has_control |= ids[i] == 8;
+    /* '<', '|', ... have no tokens in this vocabulary, and llama.cpp drops such bytes. */
+    test_report("tokenizer_bpe_tiny_control_as_text", n == 0 && !has_control,
+                "%" PRId64 " ids, none the control token", n);
+    free(ids);
+    int ok = tokenizer_kind(t) == TOKENIZER_BPE && !strcmp(tokenizer_pre(t), "qwen2") &&
+             tokenizer_is_eog(t, 8) && !tokenizer_is_eog(t, 9) && !tokenizer_add_bos(t) &&
+             !tokenizer_add_space_prefix(t);
+    test_report("tokenizer_bpe_tiny_flags", ok, "kind, pre, eog, no BOS, no space prefix");
+
+    char buf[32];
+    ok = tokenizer_piece(t, 5, 0, buf, sizeof buf) == 3 && !memcmp(buf, " ab", 3) &&
+         tokenizer_piece(t, 8, 0, buf, sizeof buf) == 0 &&
+         tokenizer_piece(t, 8, 1, buf, sizeof buf) == 7;
+    test_report("tokenizer_bpe_tiny_pieces", ok, "GPT-2 characters back to bytes, control hidden");
+    int32_t seq[] = {9, 4, 5, 8};
+    int64_t need = tokenizer_decode(t, seq, 4, 1, NULL, 0);
+    char out[32] = {0};
+    int64_t got = tokenizer_decode(t, seq, 4, 1, out, 5);
+    ok = need == 20 && got == 20 && !memcmp(out, "<|use", 5) &&
+         tokenizer_decode(t, seq, 4, 0, out, sizeof out) == 5 && !memcmp(out, "ab ab", 5) &&
+         tokenizer_decode(t, (int32_t[]){11}, 1, 0, out, sizeof out) < 0;
+    test_report("tokenizer_bpe_tiny_decode", ok, "full length %" PRId64 ", clipped copy, bad id",
+                need);
+    close_vocab(&o);
+}
+
+static void test_bpe_pre_fallback(const char *path) {
+    const char *name = "tokenizer_bpe_unknown_pre_warns_once";
+    struct bpe_spec s = {"no-such-pre", bpe_merges, 2};
+    struct opened o;
+    int n_warn = write_bpe_vocab(path, &s) < 0 ? -1 : load_counting_warnings(path, "warning", &o);
+    if (n_warn < 0) {
+        test_report(name, 0, "load: %s", err_get());
+        return;
+    }
+    /* The default rules cut punctuation runs first and keep digit runs whole. */
+    int32_t *a, *b;
+    int64_t na = encode_str(o.t, "ab ab", 0, &a), nb = encode_str(o.t, "ab ab", 0, &b);
+    int ok = n_warn == 1 && !strcmp(tokenizer_pre(o.t), "default") &&
+             ids_equal(a, na, (int32_t[]){4, 5}, 2) && ids_equal(a, na, b, nb);
+    test_report(name, ok, "%d warning line(s), rules '%s'", n_warn, tokenizer_pre(o.t));
+    free(a);
+    free(b);
+    close_vocab(&o);
+
+    s.pre = NULL;
+    n_warn = write_bpe_vocab(path, &s) < 0 ? -1 : load_counting_warnings(path, "missing", &o);
+    ok = n_warn == 1 && !strcmp(tokenizer_pre(o.t), "default");
+    test_report("tokenizer_bpe_missing_pre_warns_once", ok, "%d warning line(s)", n_warn);
+    if (n_warn >= 0) close_vocab(&o);
+}
+
+static void expect_bpe_error(const char *path, const char *name, const struct bpe_spec *s,
+                             const char *must_contain) {
+    struct opened o;
+    if (write_bpe_vocab(path, s) < 0) {
+        test_report(name, 0, "could not write: %s", err_get());
+        return;
+    }
+    int rc = open_vocab(path, &o);
+    if (rc == 1) {
+        close_vocab(&o);
+        test_report(name, 0, "loaded, expected an error with '%s'", must_contain);
+        return;
+    }
+    const char *e = err_get();
+    test_report(name,
+                rc < 0 && strstr(e, must_contain) && strstr(e, path) &&
+                    strstr(e, "tokenizer.ggml.merges"),
+                "%s", e);
+}
+
+static void test_bpe_errors(const char *path) {
+    static const char *const no_space[] = {"a b", "ab"};
+    static const char *const empty_right[] = {"a "};
+    static const char *const missing_result[] = {"a b", "b c"};
+    static const char *const missing_left[] = {"x b"};
+    expect_bpe_error(path, "tokenizer_bpe_err_merge_no_space",
+                     &(struct bpe_spec){"qwen2", no_space, 2}, "merge 1 is 'ab'");
+    expect_bpe_error(path, "tokenizer_bpe_err_merge_empty_part",
+                     &(struct bpe_spec){"qwen2", empty_right, 1}, "merge 0 is 'a '");
+    expect_bpe_error(path, "tokenizer_bpe_err_merge_result_missing",
+                     &(struct bpe_spec){"qwen2", missing_result, 2},
+                     "merge 1 'b c': the merged token");
+    expect_bpe_error(path, "tokenizer_bpe_err_merge_part_missing",
+                     &(struct bpe_spec){"qwen2", missing_left, 1}, "merge 0 'x b': its left part");
+    expect_bpe_error(path, "tokenizer_bpe_err_no_merges", &(struct bpe_spec){"qwen2", NULL, 0},
+                     "is missing");
+}
+
+/* End-of-generation ids of real vocabularies: from metadata and from token texts. */
+static void test_real_eog(const char *gguf, const char *const *texts, int n_texts) {
+    char path[1024], name[128];
+    snprintf(path, sizeof path, "%s/%s", test_fixtures(), gguf);
+    snprintf(name, sizeof name, "tokenizer_eog_%s", strrchr(gguf, '/') + 1);
+    struct opened o;
+    int rc = open_vocab(path, &o);
+    if (rc == 0) return test_skip(name, "%s not found", path);
+    int ok = rc == 1 && tokenizer_is_eog(o.t, tokenizer_eos(o.t));
+    for (int i = 0; ok && i < n_texts; i++) {
+        int32_t id = tokenizer_find(o.t, texts[i], strlen(texts[i]));
+        ok = id >= 0 && tokenizer_is_eog(o.t, id) && tokenizer_token_type(o.t, id) == TOKEN_CONTROL;
+    }
+    ok = ok && !tokenizer_is_eog(o.t, tokenizer_find(o.t, "a", 1));
+    test_report(name, ok, "eos %d and %d end-of-turn text(s) end generation",
+                rc == 1 ? tokenizer_eos(o.t) : -1, n_texts);
+    if (rc == 1) close_vocab(&o);
+}
+
+static void test_real_eogs(void) {
+    test_real_eog("vocab/ggml-vocab-qwen2.gguf",
+                  (const char *const[]){"<|im_end|>", "<|endoftext|>"}, 2);
+    test_real_eog("vocab/ggml-vocab-llama-bpe.gguf", (const char *const[]){"<|eot_id|>"}, 1);
+    test_real_eog("deepseek-v3-tokenizer/ggml-vocab-deepseek-v3.gguf",
+                  (const char *const[]){"<\xef\xbd\x9c"
+                                        "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"},
+                  1);
 }
 
 /* ---- streaming detokenizer on raw bytes ---- */
@@ -458,9 +687,14 @@ int main(void) {
     test_detok();
     test_tiny(tmp);
     test_errors(tmp);
+    test_bpe_tiny(tmp);
+    test_bpe_pre_fallback(tmp);
+    test_bpe_errors(tmp);
     unlink(tmp);
-    test_vocab_file("ggml-vocab-llama-spm.gguf");
+    for (size_t i = 0; i < sizeof conformance_cases / sizeof conformance_cases[0]; i++)
+        test_conformance(&conformance_cases[i]);
     test_spm_special();
+    test_real_eogs();
     test_stories();
     TEST_EXIT();
 }
