@@ -52,7 +52,7 @@ else
   $(info moerun: building without Vulkan (VULKAN=0))
 endif
 
-LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c sampler.c
+LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/main.o
 TEST_SRC := $(wildcard tests/test_*.c)

@@ -50,7 +50,8 @@ struct cpu_ctx {
     cpu_task_fn fn;
     void *fn_ctx;
 
-    uint8_t *act; /* (max_batch, max_in) activations in the weight's vec_dot type */
+    uint8_t *act; /* (act_bytes) activations in the weights' vec_dot types */
+    size_t act_bytes;
     float *tiles; /* (n_threads, tile_rows, max_in) dequantized weight rows for sgemm */
     int64_t tile_rows;
     float *scores;  /* (n_threads, max_ctx) attention probabilities */
@@ -109,8 +110,9 @@ struct cpu_ctx *cpu_init(const struct cpu_config *cfg) {
     struct cpu_ctx *c = xcalloc(1, sizeof *c);
     c->cfg = *cfg;
     c->n_threads = cfg->n_threads > 0 ? cfg->n_threads : 1;
-    /* Quantized activation rows are never larger than the float rows. */
-    c->act = xaligned_alloc((size_t)cfg->max_batch * (size_t)cfg->max_in * sizeof(float));
+    /* vec_dot types take at most 2 bytes a value (f16, bf16; q8 blocks about 1.1) */
+    c->act_bytes = (size_t)cfg->max_batch * (size_t)cfg->max_act_per_token * 2 + 4096;
+    c->act = xaligned_alloc(c->act_bytes);
     c->tile_rows = pick_tile_rows(cfg->max_in);
 #ifdef MOERUN_BLAS
     /* One sgemm per thread on its own tile: OpenBLAS must not start threads of its own. */
@@ -170,45 +172,91 @@ static void split_range(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
 
 /* ---- matrix products ---- */
 
+/* Several independent products run in two parallel sections: every input row is quantized
+ * to its weight's vec_dot type once, then all output rows of all products are shared among
+ * the threads (heads of MLA, experts of a MoE layer: one barrier pair for all of them). */
 struct matmul_job {
     struct cpu_ctx *c;
-    const struct cpu_matrix *w;
-    const struct qtype_traits *wt;
-    const float *x;
-    int n_tok;
-    float *y;
-    const uint8_t *act; /* activations in the vec_dot type */
-    size_t act_row;     /* bytes per activation row */
+    const struct cpu_product *p;
+    int n;
+    size_t act_off[CPU_MAX_PRODUCTS]; /* each product's first activation row in c->act */
+    size_t act_row[CPU_MAX_PRODUCTS]; /* bytes per activation row (0: rows are the floats) */
+    int64_t row_end[CPU_MAX_PRODUCTS]; /* running total of output rows */
+    int64_t tok_end[CPU_MAX_PRODUCTS]; /* running total of input rows */
 };
+
+static const uint8_t *activation(const struct matmul_job *j, int i, int t) {
+    const struct cpu_product *p = &j->p[i];
+    if (!j->act_row[i]) return (const uint8_t *)(p->x + (size_t)t * (size_t)p->x_stride);
+    return j->c->act + j->act_off[i] + (size_t)t * j->act_row[i];
+}
+
+/* Which product holds unit u of the running totals ends[0..n). */
+static int product_of(const int64_t *ends, int n, int64_t u) {
+    int i = 0;
+    while (i < n - 1 && u >= ends[i]) i++;
+    return i;
+}
 
 static void quantize_activations(void *arg, int ith, int nth) {
     struct matmul_job *j = arg;
-    const struct qtype_traits *at = qtype_traits(j->wt->vec_dot_type);
-    uint8_t *dst = (uint8_t *)j->act;
-    for (int t = ith; t < j->n_tok; t += nth)
-        at->from_float_act(j->x + (size_t)t * (size_t)j->w->n_in, dst + (size_t)t * j->act_row,
-                           j->w->n_in);
+    int64_t lo, hi;
+    split_range(j->tok_end[j->n - 1], ith, nth, &lo, &hi);
+    for (int64_t u = lo; u < hi; u++) {
+        int i = product_of(j->tok_end, j->n, u);
+        const struct cpu_product *p = &j->p[i];
+        int t = (int)(u - (i ? j->tok_end[i - 1] : 0));
+        if (!j->act_row[i]) continue;
+        const struct qtype_traits *at = qtype_traits(qtype_traits(p->w.type)->vec_dot_type);
+        at->from_float_act(p->x + (size_t)t * (size_t)p->x_stride,
+                           (uint8_t *)activation(j, i, t), p->w.n_in);
+    }
+}
+
+/* ggml's vec_dot order for F32 rows (llama.cpp's expert products); traits' vec_dot otherwise. */
+static void dot_vec_order(int64_t n, float *out, const void *x, const void *y) {
+    *out = qt_dot_f32_vec(x, y, n);
+}
+
+static void product_rows(const struct matmul_job *j, int i, int64_t r0, int64_t r1) {
+    const struct cpu_product *p = &j->p[i];
+    const struct cpu_matrix *w = &p->w;
+    qt_vec_dot_fn dot =
+        w->type == QT_F32 && w->vec_order ? dot_vec_order : qtype_traits(w->type)->vec_dot;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        for (int t = 0; t < p->n_tok; t++)
+            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], row,
+                activation(j, i, t));
+    }
 }
 
 static void matmul_rows_quantized(void *arg, int ith, int nth) {
     struct matmul_job *j = arg;
-    const struct cpu_matrix *w = j->w;
     int64_t lo, hi;
-    split_range(w->n_out, ith, nth, &lo, &hi);
-    for (int64_t r = lo; r < hi; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-        for (int t = 0; t < j->n_tok; t++)
-            j->wt->vec_dot(w->n_in, &j->y[(size_t)t * (size_t)w->n_out + (size_t)r], row,
-                           j->act + (size_t)t * j->act_row);
+    split_range(j->row_end[j->n - 1], ith, nth, &lo, &hi);
+    while (lo < hi) {
+        int i = product_of(j->row_end, j->n, lo);
+        int64_t base = i ? j->row_end[i - 1] : 0;
+        int64_t end = hi < j->row_end[i] ? hi : j->row_end[i];
+        product_rows(j, i, lo - base, end - base);
+        lo = end;
     }
 }
 
 #ifdef MOERUN_BLAS
 /* Float activations times dequantized weights: the path that drifts from llama.cpp's
  * quantized-activation results by design (see DESIGN.md, Numerics). */
+struct sgemm_job {
+    struct cpu_ctx *c;
+    const struct cpu_product *p;
+};
+
 static void matmul_rows_sgemm(void *arg, int ith, int nth) {
-    struct matmul_job *j = arg;
-    const struct cpu_matrix *w = j->w;
+    struct sgemm_job *j = arg;
+    const struct cpu_product *p = j->p;
+    const struct cpu_matrix *w = &p->w;
+    const struct qtype_traits *wt = qtype_traits(w->type);
     int64_t tile_rows = j->c->tile_rows;
     int64_t n_tiles = (w->n_out + tile_rows - 1) / tile_rows;
     float *tile = j->c->tiles + (size_t)ith * (size_t)tile_rows * (size_t)j->c->cfg.max_in;
@@ -222,39 +270,72 @@ static void matmul_rows_sgemm(void *arg, int ith, int nth) {
             b = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
         } else {
             for (int64_t r = 0; r < rows; r++)
-                j->wt->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes,
-                                tile + (size_t)r * (size_t)w->n_in, w->n_in);
+                wt->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes,
+                             tile + (size_t)r * (size_t)w->n_in, w->n_in);
             b = tile;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n_tok, (int)rows, (int)w->n_in,
-                    1.0f, j->x, (int)w->n_in, b, (int)w->n_in, 0.0f, j->y + r0, (int)w->n_out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p->n_tok, (int)rows, (int)w->n_in,
+                    1.0f, p->x, (int)p->x_stride, b, (int)w->n_in, 0.0f, p->y + r0,
+                    (int)p->y_stride);
     }
 }
 #endif
 
-void cpu_matmul(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x, int n_tok,
-                float *y) {
-    if (n_tok > c->cfg.max_batch || w->n_in > c->cfg.max_in)
-        die("matmul of %d x %lld exceeds the scratch sized at load (%d x %lld)", n_tok,
-            (long long)w->n_in, c->cfg.max_batch, (long long)c->cfg.max_in);
-    struct matmul_job j = {
-        .c = c, .w = w, .wt = qtype_traits(w->type), .x = x, .n_tok = n_tok, .y = y};
-    if (!j.wt) die("matmul on unsupported type %u", w->type);
+static void check_product(const struct cpu_ctx *c, const struct cpu_product *p) {
+    if (p->n_tok > c->cfg.max_batch * c->cfg.max_fanout || p->w.n_in > c->cfg.max_in)
+        die("matmul of %d x %lld exceeds the scratch sized at load (%d x %lld)", p->n_tok,
+            (long long)p->w.n_in, c->cfg.max_batch * c->cfg.max_fanout,
+            (long long)c->cfg.max_in);
+    if (!qtype_traits(p->w.type) || !qtype_traits(p->w.type)->vec_dot)
+        die("matmul on unsupported type %u", p->w.type);
+}
+
+/* Fills the job's running totals and activation layout; returns the activation bytes. */
+static size_t plan_products(struct matmul_job *j) {
+    size_t off = 0;
+    int64_t rows = 0, toks = 0;
+    for (int i = 0; i < j->n; i++) {
+        const struct cpu_product *p = &j->p[i];
+        enum qtype vt = qtype_traits(p->w.type)->vec_dot_type;
+        j->act_row[i] = vt == QT_F32 ? 0 : qtype_row_size(vt, p->w.n_in);
+        j->act_off[i] = off;
+        off += j->act_row[i] * (size_t)p->n_tok;
+        rows += p->n_tok ? p->w.n_out : 0;
+        toks += p->n_tok;
+        j->row_end[i] = rows;
+        j->tok_end[i] = toks;
+    }
+    return off;
+}
+
+void cpu_matmul_many(struct cpu_ctx *c, const struct cpu_product *p, int n) {
+    if (n <= 0) return;
+    if (n > CPU_MAX_PRODUCTS) die("%d products in one call (at most %d)", n, CPU_MAX_PRODUCTS);
+    for (int i = 0; i < n; i++) check_product(c, &p[i]);
 #ifdef MOERUN_BLAS
-    if (c->cfg.blas_min_batch > 0 && n_tok >= c->cfg.blas_min_batch) {
-        cpu_parallel(c, matmul_rows_sgemm, &j);
+    if (c->cfg.blas_min_batch > 0 && n == 1 && p->n_tok >= c->cfg.blas_min_batch) {
+        struct sgemm_job sj = {c, p};
+        cpu_parallel(c, matmul_rows_sgemm, &sj);
         return;
     }
 #endif
-    if (j.wt->vec_dot_type == QT_F32) {
-        j.act = (const uint8_t *)x;
-        j.act_row = (size_t)w->n_in * sizeof(float);
-    } else {
-        j.act = c->act;
-        j.act_row = qtype_row_size(j.wt->vec_dot_type, w->n_in);
-        cpu_parallel(c, quantize_activations, &j);
-    }
+    struct matmul_job j = {.c = c, .p = p, .n = n};
+    size_t act_bytes = plan_products(&j);
+    if (act_bytes > c->act_bytes)
+        die("activations of %zu bytes exceed the %zu sized at load", act_bytes, c->act_bytes);
+    if (act_bytes) cpu_parallel(c, quantize_activations, &j);
     cpu_parallel(c, matmul_rows_quantized, &j);
+}
+
+void cpu_matmul_strided(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x,
+                        int64_t x_stride, int n_tok, float *y, int64_t y_stride) {
+    struct cpu_product p = {*w, x, x_stride, y, y_stride, n_tok};
+    cpu_matmul_many(c, &p, 1);
+}
+
+void cpu_matmul(struct cpu_ctx *c, const struct cpu_matrix *w, const float *x, int n_tok,
+                float *y) {
+    cpu_matmul_strided(c, w, x, w->n_in, n_tok, y, w->n_out);
 }
 
 void cpu_get_row(const struct cpu_matrix *w, int64_t id, float *out) {
@@ -306,49 +387,98 @@ void cpu_add(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-FMA_CLONES static void softmax_row(float *x, int64_t n) {
+/* ggml's softmax: whole 16-value chunks through exp_poly and a lane tree, the rest through
+ * expf one by one, all summed in double. padded: the row stands for a longer one whose extra
+ * values are masked (-inf), as llama.cpp's attention rows are (its KV length is padded), so
+ * the last partial chunk also takes the chunk path. */
+FMA_CLONES static void softmax_row(float *x, int64_t n, int padded) {
     float max = x[0];
     for (int64_t i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
     double sum = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += ACC_LANES) {
+    int64_t chunked = padded ? n : n - n % ACC_LANES;
+    for (int64_t i0 = 0; i0 < chunked; i0 += ACC_LANES) {
         float lanes[ACC_LANES] = {0};
         for (int64_t i = i0; i < n && i < i0 + ACC_LANES; i++)
             lanes[i - i0] = x[i] = exp_poly(x[i] - max);
         sum += qt_reduce_lanes16(lanes, 1);
     }
+    for (int64_t i = chunked; i < n; i++) sum += (double)(x[i] = expf(x[i] - max));
     float inv = (float)(1.0 / sum);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void cpu_softmax(float *x, int64_t n) { softmax_row(x, n); }
+void cpu_softmax(float *x, int64_t n) { softmax_row(x, n, 0); }
 
-/* ggml advances theta by repeated multiplication rather than pow per pair; doing the same
- * keeps our angles within float rounding of llama.cpp's. */
-FMA_CLONES static void rope_one_head(float *h, int n_rot, float pos, const struct rope_params *rp,
-                                     const float *freq_factors) {
-    float theta_scale = powf(rp->freq_base, -2.0f / (float)n_rot);
-    float theta = pos;
-    for (int i = 0; i < n_rot; i += 2) {
-        float ff = freq_factors ? freq_factors[i / 2] : 1.0f;
-        float angle = theta / ff * rp->freq_scale;
-        float cos_t = cosf(angle), sin_t = sinf(angle);
-        int a = rp->mode == ROPE_NEOX ? i / 2 : i;
-        int b = rp->mode == ROPE_NEOX ? i / 2 + n_rot / 2 : i + 1;
-        float x0 = h[a], x1 = h[b];
-        /* the fused forms llama.cpp's compiled rotation takes */
-        h[a] = fmaf(x0, cos_t, -(x1 * sin_t));
-        h[b] = fmaf(x0, sin_t, x1 * cos_t);
-        theta *= theta_scale;
+/* Where YaRN switches from extrapolating to interpolating a rotary dimension pair: the
+ * dimension that turns n_turns times over the original context. */
+static float yarn_corr_dim(int n_rot, int n_ctx_orig, float n_turns, float base) {
+    return (float)n_rot * logf((float)n_ctx_orig / (n_turns * 2.0f * (float)M_PI)) /
+           (2.0f * logf(base));
+}
+
+void cpu_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast,
+                             float beta_slow, float dims[2]) {
+    float start = floorf(yarn_corr_dim(n_rot, n_ctx_orig, beta_fast, freq_base));
+    float end = ceilf(yarn_corr_dim(n_rot, n_ctx_orig, beta_slow, freq_base));
+    dims[0] = start > 0.0f ? start : 0.0f;
+    dims[1] = end < (float)(n_rot - 1) ? end : (float)(n_rot - 1);
+}
+
+/* 1 below the band (extrapolate), 0 above it (interpolate), linear between. */
+static float yarn_ramp(const float dims[2], int i0) {
+    float span = dims[1] - dims[0] > 0.001f ? dims[1] - dims[0] : 0.001f;
+    float y = ((float)(i0 / 2) - dims[0]) / span;
+    return 1.0f - fminf(1.0f, fmaxf(0.0f, y));
+}
+
+/* cos and sin of every pair's angle at one position, in ggml's arithmetic: theta advances
+ * by repeated multiplication, YaRN blends the interpolated and extrapolated angles. */
+FMA_CLONES static void rope_angles(float pos, const struct rope_params *rp,
+                                   const float *freq_factors, float *cs) {
+    float theta_scale = powf(rp->freq_base, -2.0f / (float)rp->n_rot);
+    float theta_base = pos;
+    for (int i0 = 0; i0 < rp->n_rot; i0 += 2) {
+        float theta_extrap = theta_base / (freq_factors ? freq_factors[i0 / 2] : 1.0f);
+        float theta_interp = rp->freq_scale * theta_extrap;
+        float theta = theta_interp, mscale = rp->attn_factor;
+        if (rp->ext_factor != 0.0f) {
+            float mix = yarn_ramp(rp->corr_dims, i0) * rp->ext_factor;
+            theta = fmaf(theta_interp, 1.0f - mix, theta_extrap * mix);
+            mscale *= 1.0f + 0.1f * logf(1.0f / rp->freq_scale);
+        }
+        cs[i0] = cosf(theta) * mscale;
+        cs[i0 + 1] = sinf(theta) * mscale;
+        theta_base *= theta_scale;
     }
 }
 
-void cpu_rope(float *x, int n_tok, int n_head, int head_dim, int64_t row_stride, const int32_t *pos,
-              const struct rope_params *rp, const float *freq_factors) {
-    for (int t = 0; t < n_tok; t++)
+/* The fused forms llama.cpp's compiled rotation takes. */
+FMA_CLONES static void rope_rotate(float *h, const float *cs, int n_rot, enum rope_mode mode) {
+    for (int i0 = 0; i0 < n_rot; i0 += 2) {
+        int a = mode == ROPE_NEOX ? i0 / 2 : i0;
+        int b = mode == ROPE_NEOX ? i0 / 2 + n_rot / 2 : i0 + 1;
+        float x0 = h[a], x1 = h[b];
+        h[a] = fmaf(x0, cs[i0], -(x1 * cs[i0 + 1]));
+        h[b] = fmaf(x0, cs[i0 + 1], x1 * cs[i0]);
+    }
+}
+
+void cpu_rope(float *x, int n_tok, int n_head, int64_t head_stride, int64_t row_stride,
+              const int32_t *pos, const struct rope_params *rp, const float *freq_factors) {
+    float cs[ROPE_MAX_DIMS];
+    if (rp->n_rot > ROPE_MAX_DIMS) die("rope over %d dimensions (at most %d)", rp->n_rot, ROPE_MAX_DIMS);
+    for (int t = 0; t < n_tok; t++) {
+        rope_angles((float)pos[t], rp, freq_factors, cs);
         for (int h = 0; h < n_head; h++)
-            rope_one_head(x + (size_t)t * (size_t)row_stride + (size_t)h * (size_t)head_dim,
-                          rp->n_rot, (float)pos[t], rp, freq_factors);
+            rope_rotate(x + (size_t)t * (size_t)row_stride + (size_t)h * (size_t)head_stride, cs,
+                        rp->n_rot, rp->mode);
+    }
+}
+
+/* ggml's sigmoid is the plain formula with the C library's expf. */
+void cpu_sigmoid(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
 }
 
 /* ---- attention ---- */
@@ -376,16 +506,13 @@ FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const
 static void attend_one(const struct attn_args *a, int t, int h, float *p, float *lanes) {
     int kvh = h / (a->n_head / a->n_head_kv);
     int n_kv = a->pos0 + t + 1; /* causal: this token sees itself and everything before */
-    int64_t kv_stride = (int64_t)a->n_head_kv * a->head_dim;
-    const float *q = a->q + (size_t)t * (size_t)a->n_head * (size_t)a->head_dim +
-                     (size_t)h * (size_t)a->head_dim;
+    const float *q = a->q + (size_t)t * (size_t)a->q_stride + (size_t)h * (size_t)a->head_dim;
     for (int j = 0; j < n_kv; j++) {
-        const float *k = a->k_cache + (size_t)j * (size_t)kv_stride + (size_t)kvh * a->head_dim;
+        const float *k = a->k_cache + (size_t)j * (size_t)a->k_stride + (size_t)kvh * a->head_dim;
         p[j] = qt_dot_f32_vec(q, k, a->head_dim) * a->scale;
     }
-    cpu_softmax(p, n_kv);
-    float *out = a->out + (size_t)t * (size_t)a->n_head * (size_t)a->head_dim_v +
-                 (size_t)h * (size_t)a->head_dim_v;
+    softmax_row(p, n_kv, 1);
+    float *out = a->out + (size_t)t * (size_t)a->out_stride + (size_t)h * (size_t)a->head_dim_v;
     weighted_values(a, kvh, p, n_kv, lanes, out);
 }
 
