@@ -89,7 +89,7 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" EXTRA_CFLAGS="$(SAN)" EXTRA_LDFLAGS="$(SAN)" test
 
 run: moerun
-	./moerun run ../shared/fixtures/llama2c-stories/stories260K.gguf -p "Once upon a time" -n 64
+	./moerun run -p "In the beginning" -n 64
 
 format:
 	clang-format -i *.c *.h tests/*.c tests/*.h

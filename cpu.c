@@ -308,18 +308,37 @@ static size_t plan_products(struct matmul_job *j) {
     return off;
 }
 
+/* Products with enough rows for sgemm, when built with OpenBLAS; returns how many it ran
+ * and moves the others to the front of `rest`. */
+static int run_sgemm_products(struct cpu_ctx *c, const struct cpu_product *p, int n,
+                              struct cpu_product *rest, int *n_rest) {
+    *n_rest = 0;
+#ifdef MOERUN_BLAS
+    for (int i = 0; i < n; i++) {
+        if (c->cfg.blas_min_batch > 0 && p[i].n_tok >= c->cfg.blas_min_batch) {
+            struct sgemm_job sj = {c, &p[i]};
+            cpu_parallel(c, matmul_rows_sgemm, &sj);
+        } else {
+            rest[(*n_rest)++] = p[i];
+        }
+    }
+    return n - *n_rest;
+#else
+    (void)c;
+    for (int i = 0; i < n; i++) rest[(*n_rest)++] = p[i];
+    return 0;
+#endif
+}
+
 void cpu_matmul_many(struct cpu_ctx *c, const struct cpu_product *p, int n) {
     if (n <= 0) return;
     if (n > CPU_MAX_PRODUCTS) die("%d products in one call (at most %d)", n, CPU_MAX_PRODUCTS);
     for (int i = 0; i < n; i++) check_product(c, &p[i]);
-#ifdef MOERUN_BLAS
-    if (c->cfg.blas_min_batch > 0 && n == 1 && p->n_tok >= c->cfg.blas_min_batch) {
-        struct sgemm_job sj = {c, p};
-        cpu_parallel(c, matmul_rows_sgemm, &sj);
-        return;
-    }
-#endif
-    struct matmul_job j = {.c = c, .p = p, .n = n};
+    struct cpu_product rest[CPU_MAX_PRODUCTS];
+    int n_rest;
+    run_sgemm_products(c, p, n, rest, &n_rest);
+    if (!n_rest) return;
+    struct matmul_job j = {.c = c, .p = rest, .n = n_rest};
     size_t act_bytes = plan_products(&j);
     if (act_bytes > c->act_bytes)
         die("activations of %zu bytes exceed the %zu sized at load", act_bytes, c->act_bytes);
@@ -492,7 +511,7 @@ struct attn_job {
  * j % ACC_LANES), reduced by reduce_lanes: the order of llama.cpp's sgemm for P * V. */
 FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
                                        float *lanes, float *out) {
-    int64_t v_stride = (int64_t)a->n_head_kv * a->head_dim_v;
+    int64_t v_stride = a->v_stride;
     int hd = a->head_dim_v;
     memset(lanes, 0, (size_t)ACC_LANES * (size_t)hd * sizeof *lanes);
     for (int j = 0; j < n_kv; j++) {

@@ -1,4 +1,5 @@
 /* moerun: argument parsing and the subcommands. No math here. */
+#include "chat.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
@@ -59,8 +60,10 @@ static const char *usage_main =
     "  moerun --version\n";
 
 static const char *usage_run =
-    "usage: moerun run [-m] MODEL [-p PROMPT | -f FILE | --tokens 1,2,3] [options]\n"
+    "usage: moerun run [[-m] MODEL] [-p PROMPT | -f FILE | --tokens 1,2,3] [options]\n"
     "\n"
+    "With no MODEL (and no $MOERUN_MODEL), runs the built-in tinyseek-kjv model, a small\n"
+    "DeepSeek-V2-architecture model trained on the King James Bible.\n"
     "Streams the continuation of the prompt to stdout, flushed per token. With no -p, -f or\n"
     "--tokens and stdin not a terminal, stdin is the prompt. Logs and timing go to stderr.\n"
     "\n"
@@ -110,8 +113,9 @@ static const char *usage_eval =
     "      --logits FILE     output file (written to a temporary name, then renamed)\n"
     "      --decode          feed one token at a time instead of one batch\n"
     "      --blas-batch N    batches of at least N tokens use OpenBLAS on dequantized\n"
-    "                        weights (default 32; 0 = never); smaller batches quantize the\n"
-    "                        activations as llama.cpp does\n"
+    "                        weights (float activations: faster, drifts from llama.cpp by\n"
+    "                        its activation rounding); default 0 = never: activations are\n"
+    "                        quantized as llama.cpp does, for results equal to its own\n"
     "  -c, --ctx-size N      context length (default: the model's, at most 4096)\n"
     "  -t, --threads N       CPU threads\n"
     "  -v, --verbose / -q, --quiet   more / no log lines on stderr\n";
@@ -280,8 +284,36 @@ static int parse_args(struct options *o, int argc, char **argv) {
         if (i + 1 >= argc) return fail(o->cmd, "option '%s' needs a value", a);
         if (parse_valued(o, a, argv[++i]) < 0) return -1;
     }
+    if (!o->model && !strcmp(o->cmd, "run")) return 0; /* the built-in model */
     if (!o->model) return fail(o->cmd, "%s", "no model file given");
     return 0;
+}
+
+/* The model `run` uses when none is given: $MOERUN_MODEL, else the one shipped beside the
+ * binary (models/ next to it, as in the source tree, or ../share/moerun/ once installed). */
+static int find_builtin_model(char *path, size_t cap) {
+    static const char *const candidates[] = {"%s/models/tinyseek-kjv-q8_0.gguf",
+                                              "%s/../share/moerun/tinyseek-kjv-q8_0.gguf"};
+    const char *env = getenv("MOERUN_MODEL");
+    if (env && env[0]) {
+        snprintf(path, cap, "%s", env);
+        return 0;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
+            snprintf(path, cap, candidates[i], exe);
+            if (access(path, R_OK) == 0) return 0;
+        }
+    }
+    err_set("no model given and the built-in model is not installed (looked for "
+            "models/tinyseek-kjv-q8_0.gguf beside %s; set MOERUN_MODEL or pass a model file)",
+            n > 0 ? exe : "the binary");
+    return -1;
 }
 
 /* ---- shared helpers ---- */
@@ -357,6 +389,17 @@ static const char *human_bytes(double b, char *buf, size_t cap) {
     return buf;
 }
 
+/* 6.58M, 1.23B: parameter counts as people say them. */
+static const char *human_count(double n, char *buf, size_t cap) {
+    if (n >= 1e9)
+        snprintf(buf, cap, "%.2fB", n / 1e9);
+    else if (n >= 1e6)
+        snprintf(buf, cap, "%.2fM", n / 1e6);
+    else
+        snprintf(buf, cap, "%.0fK", n / 1e3);
+    return buf;
+}
+
 /* Writes n bytes to a temporary name beside path, then renames: no partial output files. */
 static int write_file_atomic(const char *path, const void *data, size_t n) {
     size_t plen = strlen(path) + 32;
@@ -376,12 +419,17 @@ static int write_file_atomic(const char *path, const void *data, size_t n) {
 
 static void load_summary(const struct model *m, const struct options *o, double secs) {
     if (o->verbosity < V_NORMAL) return;
-    char size[32];
-    double p = (double)m->n_params;
+    char size[32], params[32], active[32] = "";
+    human_count((double)m->n_params, params, sizeof params);
+    if (m->n_params_active != m->n_params) {
+        char a[32];
+        snprintf(active, sizeof active, " (%s active)",
+                 human_count((double)m->n_params_active, a, sizeof a));
+    }
     fprintf(stderr,
-            "moerun: %s: %s, %.2f%s params, %s, %u layers, ctx %d, cpu %d threads%s, "
-            "loaded in %.2f s\n",
-            m->file.path, m->arch_name, p >= 1e9 ? p / 1e9 : p / 1e6, p >= 1e9 ? "B" : "M",
+            "moerun: %s: %s, %s params%s, %s, %u layers, ctx %d, cpu %d threads%s, loaded in "
+            "%.2f s\n",
+            m->file.path, m->arch_name, params, active,
             human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx,
             cpu_n_threads(m->cpu), cpu_has_blas() ? " + OpenBLAS" : "", secs);
 }
@@ -532,6 +580,11 @@ static void print_stats(const struct options *o, const struct gen_stats *st) {
 }
 
 static int cmd_run(struct options *o) {
+    char builtin[4200];
+    if (!o->model) {
+        if (find_builtin_model(builtin, sizeof builtin) < 0) return error_exit(o->cmd);
+        o->model = builtin;
+    }
     struct model m;
     double load_secs;
     if (open_model(&m, o, &load_secs) < 0) return error_exit(o->cmd);
@@ -592,6 +645,7 @@ static int cmd_eval(struct options *o) {
     int32_t *ids = NULL;
     int n = 0;
     if (parse_token_list(o->tokens, &ids, &n) < 0) return error_exit(o->cmd);
+    if (o->blas_min_batch == 0) o->blas_min_batch = -1; /* eval reproduces llama.cpp */
     struct model m;
     double load_secs;
     if (open_model(&m, o, &load_secs) < 0) {
@@ -643,31 +697,69 @@ static void print_tensors(const struct gguf_file *f) {
     }
 }
 
+static void print_experts(const struct model *m) {
+    const struct hparams *hp = &m->hp;
+    if (!hp->n_expert) return;
+    printf("experts: %u, %u used per token, %u shared, width %u", hp->n_expert, hp->n_expert_used,
+           hp->n_expert_shared ? hp->n_expert_shared : (m->layers[hp->n_layer - 1].w[W_FFN_DOWN_SHEXP].t ? 1 : 0),
+           hp->n_ff_exp);
+    if (hp->n_dense_lead) printf(", after %u dense layers", hp->n_dense_lead);
+    printf("\n");
+    printf("routing: %s%s, weights %s, scale %g", hp->gating == MOE_GATING_SIGMOID ? "sigmoid" : "softmax",
+           m->layers[hp->n_layer - 1].w[W_FFN_EXP_PROBS_B].t ? " + selection bias" : "",
+           m->router.norm_weights ? "renormalized" : "as scored",
+           (double)(m->router.weights_scale ? m->router.weights_scale : 1.0f));
+    if (hp->n_group > 1) printf(", %u groups of which %u used", hp->n_group, hp->n_group_used);
+    printf("\n");
+}
+
+static void print_attention(const struct model *m) {
+    const struct hparams *hp = &m->hp;
+    if (m->ag.mla) {
+        printf("attention: MLA, %u heads, q_lora %u, kv_lora %u, qk %u (rope %u), v %u%s\n",
+               hp->n_head, hp->q_lora, hp->kv_lora, hp->head_dim_k_mla, hp->n_rot,
+               hp->head_dim_v_mla,
+               m->layers[0].k_b_derived ? ", attn_kv_b split at load" : "");
+    } else {
+        printf("attention: %u heads (kv %u), head width k %u v %u\n", hp->n_head, hp->n_head_kv,
+               hp->head_dim, hp->head_dim_v);
+    }
+    printf("rope: %u dims, base %g, scale %g%s\n", hp->n_rot, (double)hp->rope_freq_base,
+           (double)hp->rope_freq_scale, hp->rope_yarn ? " (YaRN)" : "");
+    char f16[32], f32[32];
+    printf("kv cache per token: %s at f16, %s at f32\n",
+           human_bytes((double)model_kv_bytes_per_token(m, 2), f16, sizeof f16),
+           human_bytes((double)model_kv_bytes_per_token(m, 4), f32, sizeof f32));
+}
+
 static void print_hparams(const struct model *m) {
     const struct hparams *hp = &m->hp;
     printf("architecture: %s\n", m->arch_name);
-    printf("parameters: %llu (%.3f B)\n", (unsigned long long)m->n_params,
-           (double)m->n_params / 1e9);
+    char total[32], active[32];
+    printf("parameters: %s (%llu), active per token: %s\n",
+           human_count((double)m->n_params, total, sizeof total), (unsigned long long)m->n_params,
+           human_count((double)m->n_params_active, active, sizeof active));
     printf("context length: %u\n", hp->n_ctx_train);
-    printf("embedding: %u\nlayers: %u\nfeed-forward: %u\n", hp->n_embd, hp->n_layer, hp->n_ff);
-    printf("heads: %u (kv %u), head width k %u v %u\n", hp->n_head, hp->n_head_kv, hp->head_dim,
-           hp->head_dim_v);
-    printf("rope: %u dims, base %g, scale %g\n", hp->n_rot, (double)hp->rope_freq_base,
-           (double)hp->rope_freq_scale);
+    printf("embedding: %u\nlayers: %u\n", hp->n_embd, hp->n_layer);
+    if (hp->n_ff) printf("feed-forward: %u\n", hp->n_ff);
+    print_attention(m);
+    print_experts(m);
     printf("rms epsilon: %g\n", (double)hp->norm_eps);
     printf("output: %s\n",
            m->w[W_OUTPUT].t == m->w[W_TOKEN_EMBD].t ? "tied to token_embd" : "output.weight");
-    printf("kv cache: %llu bytes per token (f32)\n",
-           (unsigned long long)hp->n_layer * (hp->n_head_kv * (hp->head_dim + hp->head_dim_v)) *
-               4ull);
 }
 
 static void print_tokenizer(const struct model *m) {
     struct gguf_str kind = {0, ""};
     gguf_get_str(&m->file, "tokenizer.ggml.model", &kind);
-    printf("tokenizer: %.*s, %d tokens, bos %d, eos %d, add bos %s\n", (int)kind.len, kind.data,
-           tokenizer_n_vocab(m->tok), tokenizer_bos(m->tok), tokenizer_eos(m->tok),
-           tokenizer_add_bos(m->tok) ? "yes" : "no");
+    const char *pre = tokenizer_pre(m->tok);
+    printf("tokenizer: %.*s%s%s, %d tokens, bos %d, eos %d, add bos %s\n", (int)kind.len, kind.data,
+           pre ? " / " : "", pre ? pre : "", tokenizer_n_vocab(m->tok), tokenizer_bos(m->tok),
+           tokenizer_eos(m->tok), tokenizer_add_bos(m->tok) ? "yes" : "no");
+    struct gguf_str tmpl = {0, NULL};
+    gguf_get_str(&m->file, "tokenizer.chat_template", &tmpl);
+    printf("chat template: %s\n",
+           tmpl.data ? chat_family_name(chat_detect(tmpl.data, tmpl.len)) : "none in the file");
 }
 
 static int cmd_info(struct options *o) {

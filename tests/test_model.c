@@ -70,7 +70,9 @@ static int argmax_and_gap(const float *row, int n, float *gap) {
     return best;
 }
 
-static struct diff compare(const float *got, const float *want, int n_tok, int n_vocab, float tol) {
+/* max |got - want|, and the argmax at positions whose top-1/top-2 gap in want exceeds clear_gap. */
+static struct diff compare(const float *got, const float *want, int n_tok, int n_vocab,
+                           float clear_gap) {
     struct diff d = {0, 0, 0};
     for (int t = 0; t < n_tok; t++) {
         const float *g = got + (size_t)t * n_vocab, *w = want + (size_t)t * n_vocab;
@@ -80,7 +82,7 @@ static struct diff compare(const float *got, const float *want, int n_tok, int n
         }
         float gap, unused;
         int aw = argmax_and_gap(w, n_vocab, &gap);
-        if (gap > 2 * tol) {
+        if (gap > clear_gap) {
             d.clear++;
             if (argmax_and_gap(g, n_vocab, &unused) != aw) d.argmax_mismatch++;
         }
@@ -112,8 +114,18 @@ static int open_for_test(struct model *m, const char *path, int blas_min_batch) 
     return model_init(m, &p);
 }
 
+/* The compat README's relation: max |diff| within tol, same argmax where the reference's
+ * top-1/top-2 gap exceeds clear_gap (2 x tol unless a path says otherwise). */
+struct relation {
+    float tol;
+    float clear_gap;
+};
+
+static struct relation within(float tol) { return (struct relation){tol, 2 * tol}; }
+
 static void check_logits(const char *name, const char *gguf, const int32_t *ids, int n,
-                         const char *ref_path, float tol, enum path path, int blas_min_batch) {
+                         const char *ref_path, struct relation r, enum path path,
+                         int blas_min_batch) {
     struct model m;
     if (open_for_test(&m, gguf, blas_min_batch) < 0) {
         test_report(name, 0, "%s", err_get());
@@ -124,10 +136,10 @@ static void check_logits(const char *name, const char *gguf, const int32_t *ids,
     if (!ref || !got) {
         test_report(name, 0, "%s", ref ? err_get() : "cannot read reference logits");
     } else {
-        struct diff d = compare(got, ref, n, (int)m.hp.n_vocab, tol);
-        test_report(name, d.max_abs <= tol && d.argmax_mismatch == 0,
+        struct diff d = compare(got, ref, n, (int)m.hp.n_vocab, r.clear_gap);
+        test_report(name, d.max_abs <= r.tol && d.argmax_mismatch == 0,
                     "max |diff| %.3g (tol %.0e), argmax differs at %d of %d clear positions",
-                    (double)d.max_abs, (double)tol, d.argmax_mismatch, d.clear);
+                    (double)d.max_abs, (double)r.tol, d.argmax_mismatch, d.clear);
     }
     free(ref);
     free(got);
@@ -153,11 +165,11 @@ static void test_stories(void) {
     int32_t ids[256];
     int n = read_json_tokens(json, ids, 256);
     if (!test_report("stories260K tokens", n == 68, "read %d ids from %s", n, json)) return;
-    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, 1e-3f, PATH_BATCH,
+    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH,
                  -1);
-    check_logits("stories260K decode", gguf, ids, n, ref, 1e-3f, PATH_DECODE, -1);
+    check_logits("stories260K decode", gguf, ids, n, ref, within(1e-3f), PATH_DECODE, -1);
     if (cpu_has_blas())
-        check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, 1e-3f, PATH_BATCH, 1);
+        check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH, 1);
 }
 
 static const char *compat_types[] = {"F32",    "F16",    "BF16", "Q8_0",  "Q4_0",
@@ -165,59 +177,109 @@ static const char *compat_types[] = {"F32",    "F16",    "BF16", "Q8_0",  "Q4_0"
                                      "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_K_M"};
 
 /* Batch and decode agree on F32 weights: same math, other grouping of the work. */
-static void check_batch_vs_decode(const char *gguf) {
+static void check_batch_vs_decode(const char *family, const char *gguf) {
+    char name[128];
+    snprintf(name, sizeof name, "%s-F32 batch vs decode", family);
     struct model m;
     if (open_for_test(&m, gguf, -1) < 0) {
-        test_report("llama-F32 batch vs decode", 0, "%s", err_get());
+        test_report(name, 0, "%s", err_get());
         return;
     }
     float *a = run_model(&m, compat_tokens, N_COMPAT, PATH_BATCH);
     float *b = run_model(&m, compat_tokens, N_COMPAT, PATH_DECODE);
     if (a && b) {
-        struct diff d = compare(a, b, N_COMPAT, (int)m.hp.n_vocab, 1e-4f);
-        test_report("llama-F32 batch vs decode", d.max_abs <= 1e-4f, "max |diff| %.3g (tol 1e-4)",
-                    (double)d.max_abs);
+        struct diff d = compare(a, b, N_COMPAT, (int)m.hp.n_vocab, 2e-4f);
+        test_report(name, d.max_abs <= 1e-4f, "max |diff| %.3g (tol 1e-4)", (double)d.max_abs);
     } else {
-        test_report("llama-F32 batch vs decode", 0, "%s", err_get());
+        test_report(name, 0, "%s", err_get());
     }
     free(a);
     free(b);
     model_free(&m);
 }
 
-static void test_compat_llama(void) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/compat/llama", test_fixtures());
-    for (size_t i = 0; i < sizeof compat_types / sizeof compat_types[0]; i++) {
-        const char *type = compat_types[i];
-        char gguf[600], ref[600], deq[600], name[128];
-        snprintf(gguf, sizeof gguf, "%s/llama-%s.gguf", dir, type);
-        snprintf(ref, sizeof ref, "%s/llama-%s.logits.bin", dir, type);
-        snprintf(deq, sizeof deq, "%s/llama-%s.deqf32.logits.bin", dir, type);
-        if (!test_file_exists(gguf)) {
-            test_skip(type, "%s not found", gguf);
-            continue;
-        }
-        float tol = tolerance_for(type);
-        snprintf(name, sizeof name, "llama-%s batch vs llama.cpp", type);
-        check_logits(name, gguf, compat_tokens, N_COMPAT, ref, tol, PATH_BATCH, -1);
-        snprintf(name, sizeof name, "llama-%s decode vs llama.cpp", type);
-        check_logits(name, gguf, compat_tokens, N_COMPAT, ref, tol, PATH_DECODE, -1);
-        if (!cpu_has_blas()) {
-            snprintf(name, sizeof name, "llama-%s OpenBLAS prefill", type);
-            test_skip(name, "built without OpenBLAS");
-            continue;
-        }
-        /* Float activations times dequantized weights: llama.cpp's deqf32 logits. */
-        int has_deq = test_file_exists(deq);
-        snprintf(name, sizeof name, "llama-%s OpenBLAS prefill vs %s", type,
-                 has_deq ? "deqf32" : "llama.cpp");
-        check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
-                     has_deq ? 1e-3f : tol, PATH_BATCH, 1);
+static int is_float_type(const char *type) {
+    return !strcmp(type, "F32") || !strcmp(type, "F16") || !strcmp(type, "BF16");
+}
+
+/* deepseek2 files with one attn_kv_b run here as MLA with attn_k_b dequantized to f32 once
+ * (so they get the compressed cache), while llama.cpp runs them as plain multi-head attention
+ * on the quantized attn_kv_b with 8-bit activations. The two differ by that activation
+ * quantization, as llama.cpp's own quantized and dequantized runs do (0.12-1.41 on these
+ * models, compat README); routing margins keep the argmax. */
+static struct relation relation_for(const char *family, const char *type) {
+    if (strstr(family, "legacy") && !is_float_type(type)) return (struct relation){0.5f, 0.1f};
+    return within(tolerance_for(type));
+}
+
+static void check_file(const char *dir, const char *family, const char *type) {
+    char gguf[600], ref[600], deq[600], name[128];
+    snprintf(gguf, sizeof gguf, "%s/%s-%s.gguf", dir, family, type);
+    snprintf(ref, sizeof ref, "%s/%s-%s.logits.bin", dir, family, type);
+    snprintf(deq, sizeof deq, "%s/%s-%s.deqf32.logits.bin", dir, family, type);
+    if (!test_file_exists(gguf)) return; /* not every family has every type */
+    struct relation rel = relation_for(family, type);
+    snprintf(name, sizeof name, "%s-%s batch vs llama.cpp", family, type);
+    check_logits(name, gguf, compat_tokens, N_COMPAT, ref, rel, PATH_BATCH, -1);
+    snprintf(name, sizeof name, "%s-%s decode vs llama.cpp", family, type);
+    check_logits(name, gguf, compat_tokens, N_COMPAT, ref, rel, PATH_DECODE, -1);
+    /* The OpenBLAS prefill multiplies float activations by dequantized weights: comparable
+     * with llama.cpp on float files, and with its deqf32 logits where the fixtures have them. */
+    int has_deq = test_file_exists(deq);
+    if (!has_deq && !is_float_type(type)) return;
+    snprintf(name, sizeof name, "%s-%s OpenBLAS prefill vs %s", family, type,
+             has_deq ? "deqf32" : "llama.cpp");
+    if (!cpu_has_blas()) {
+        test_skip(name, "built without OpenBLAS");
+        return;
     }
-    char f32[600];
-    snprintf(f32, sizeof f32, "%s/llama-F32.gguf", dir);
-    if (test_file_exists(f32)) check_batch_vs_decode(f32);
+    check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
+                 has_deq ? within(1e-3f) : rel, PATH_BATCH, 1);
+}
+
+/* Every block format of one compat family: dense llama, Mixtral-style llama, qwen2,
+ * qwen2moe, qwen3moe, and the three deepseek2 layouts. */
+static void test_compat(const char *family) {
+    char dir[512], f32[600];
+    snprintf(dir, sizeof dir, "%s/compat/%s", test_fixtures(), family);
+    snprintf(f32, sizeof f32, "%s/%s-F32.gguf", dir, family);
+    if (!test_file_exists(f32)) {
+        test_skip(family, "%s not found", f32);
+        return;
+    }
+    for (size_t i = 0; i < sizeof compat_types / sizeof compat_types[0]; i++)
+        check_file(dir, family, compat_types[i]);
+    check_batch_vs_decode(family, f32);
+}
+
+/* The same weights in deepseek2's old layout (one attn_kv_b) and the current one (attn_k_b,
+ * attn_v_b): both run as MLA over the compressed cache here, so they must agree. */
+static void test_mla_layouts(void) {
+    char lite[512], legacy[512];
+    snprintf(lite, sizeof lite, "%s/compat/deepseek2-lite/deepseek2-lite-F32.gguf", test_fixtures());
+    snprintf(legacy, sizeof legacy, "%s/compat/deepseek2-legacy/deepseek2-legacy-F32.gguf",
+             test_fixtures());
+    if (!test_file_exists(lite) || !test_file_exists(legacy)) {
+        test_skip("deepseek2 layouts", "fixtures not found");
+        return;
+    }
+    struct model a, b;
+    if (open_for_test(&a, lite, -1) < 0 || open_for_test(&b, legacy, -1) < 0) {
+        test_report("deepseek2 legacy vs MLA layout", 0, "%s", err_get());
+        return;
+    }
+    test_report("deepseek2 legacy file has a compressed cache",
+                a.ag.kv_k == b.ag.kv_k && b.ag.kv_v == 0, "kv_k %lld vs %lld",
+                (long long)a.ag.kv_k, (long long)b.ag.kv_k);
+    float *la = run_model(&a, compat_tokens, N_COMPAT, PATH_BATCH);
+    float *lb = run_model(&b, compat_tokens, N_COMPAT, PATH_DECODE);
+    struct diff d = compare(la, lb, N_COMPAT, 512, 2e-4f);
+    test_report("deepseek2 legacy vs MLA layout", d.max_abs <= 1e-4f, "max |diff| %.3g (tol 1e-4)",
+                (double)d.max_abs);
+    free(la);
+    free(lb);
+    model_free(&a);
+    model_free(&b);
 }
 
 /* The eval subcommand end to end: its logits file against llama.cpp's, batch and --decode. */
@@ -245,7 +307,7 @@ static void test_eval_cli(void) {
         if (rc != 0 || !got || !want) {
             test_report(name, 0, "exit %d, output %s", rc, got ? "read" : "missing or wrong size");
         } else {
-            struct diff d = compare(got, want, N_COMPAT, 512, 5e-2f);
+            struct diff d = compare(got, want, N_COMPAT, 512, 0.1f);
             test_report(name, d.max_abs <= 5e-2f && !d.argmax_mismatch, "max |diff| %.3g",
                         (double)d.max_abs);
         }
@@ -258,6 +320,9 @@ static void test_eval_cli(void) {
 int main(void) {
     test_eval_cli();
     test_stories();
-    test_compat_llama();
+    const char *families[] = {"llama",    "llama-moe",      "qwen2",          "qwen2moe",
+                              "qwen3moe", "deepseek2-lite", "deepseek2-legacy", "deepseek2-v3"};
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) test_compat(families[i]);
+    test_mla_layouts();
     TEST_EXIT();
 }
