@@ -670,6 +670,34 @@ static void vec_dot_q4_1_q8_1(int64_t n, float *out, const void *vx, const void 
 }
 
 /* ============================================================================
+ * llama.cpp's x86 float stage for Q5_0 and the K-quants
+ *
+ * Its AVX2 kernels (the ones a GGML_NATIVE build on an AVX-512 machine runs for these types)
+ * reduce the integer block products to 8 int32 lanes and only then go to float: per block,
+ * lane = fma(block scale, (float)lane sum, lane), and one 8-lane horizontal sum at the end.
+ * Within every run of 32 consecutive values (one int8 register) lane l holds the products of
+ * values 4l..4l+3. The integer sums are exact, so only this partition and the float ops
+ * matter; the portable kernels below reproduce both with fmaf, and the AVX2 ones agree with
+ * them bit for bit.
+ * ========================================================================== */
+
+/* 8-lane horizontal sum: the upper four lanes onto the lower, then (0+2) + (1+3). */
+static float qt_hsum8(const float *v) {
+    float h[4];
+    for (int i = 0; i < 4; ++i) h[i] = v[i] + v[i + 4];
+    const float even = h[0] + h[2];
+    const float odd = h[1] + h[3];
+    return even + odd;
+}
+
+/* lanes[l] = sum over the 256 values p with (p % 32) / 4 == l of scale16[p / 16] * a[p] * q8[p]
+ * (scale16: one scale per 16 values; a 32-value group repeats its scale twice). */
+static void k_lanes(const int8_t *a, const int8_t *q8, const int *scale16, int32_t *lanes) {
+    for (int l = 0; l < 8; ++l) lanes[l] = 0;
+    for (int p = 0; p < QK_K; ++p) lanes[(p & 31) >> 2] += scale16[p >> 4] * (a[p] * q8[p]);
+}
+
+/* ============================================================================
  * Q5_0: d * (q - 16), q in 0..31 (fifth bit in qh)
  * ========================================================================== */
 
@@ -717,17 +745,22 @@ static void q5_0_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-static void vec_dot_q5_0_q8_0(int64_t n, float *out, const void *vx, const void *vy) {
+/* Lane l of a block: values 4l..4l+3; each lane takes fma(dx * dy, sum, lane). */
+QT_FMA_CLONES static void vec_dot_q5_0_q8_0(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q5_0 *x = vx;
     const struct block_q8_0 *y = vy;
-    float sumf = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / QK32; ++i) {
         const uint32_t qh = load_u32(x[i].qh);
-        int sumi = 0;
-        for (int j = 0; j < QK32; ++j) sumi += (q5_value(x[i].qs, qh, j) - 16) * y[i].qs[j];
-        sumf += (f16_to_f32(x[i].d) * f16_to_f32(y[i].d)) * sumi;
+        const float d = f16_to_f32(x[i].d) * f16_to_f32(y[i].d);
+        for (int l = 0; l < 8; ++l) {
+            int sum = 0;
+            for (int j = 4 * l; j < 4 * l + 4; ++j)
+                sum += (q5_value(x[i].qs, qh, j) - 16) * y[i].qs[j];
+            acc[l] = fmaf(d, (float)sum, acc[l]);
+        }
     }
-    *out = sumf;
+    *out = qt_hsum8(acc);
 }
 
 /* ============================================================================
@@ -940,32 +973,41 @@ static void q2_K_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-static void vec_dot_q2_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
+/* The 256 levels (0..3) of a Q2_K block in value order, and its 16 scales and mins. */
+static void q2_K_levels(const struct block_q2_K *b, int8_t *a) {
+    const uint8_t *q = b->qs;
+    for (int half = 0; half < 2; ++half, q += 32)
+        for (int shift = 0; shift < 8; shift += 2, a += 32)
+            for (int l = 0; l < 32; ++l) a[l] = (int8_t)((q[l] >> shift) & 3);
+}
+
+/* Q2_K's min term, per block before the scale term, in the 8 lanes: lane l takes groups 2l
+ * and 2l+1 (min * bsum, summed as integers), scaled by -y.d * dmin. */
+static void q2_K_block_ints(const struct block_q2_K *x, const struct block_q8_K *y, int8_t *a,
+                            int *scale16, int32_t *min_lanes) {
+    q2_K_levels(x, a);
+    for (int g = 0; g < 16; ++g) scale16[g] = x->scales[g] & 0xF;
+    for (int l = 0; l < 8; ++l)
+        min_lanes[l] = (x->scales[2 * l] >> 4) * y->bsums[2 * l] +
+                       (x->scales[2 * l + 1] >> 4) * y->bsums[2 * l + 1];
+}
+
+QT_FMA_CLONES static void vec_dot_q2_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q2_K *x = vx;
     const struct block_q8_K *y = vy;
-    float sumf = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const uint8_t *q2 = x[i].qs;
-        const int8_t *q8 = y[i].qs;
-        const uint8_t *sc = x[i].scales;
-        int summs = 0;
-        for (int j = 0; j < 16; ++j) summs += y[i].bsums[j] * (sc[j] >> 4);
-        const float dall = y[i].d * f16_to_f32(x[i].d);
-        const float dmin = y[i].d * f16_to_f32(x[i].dmin);
-        int isum = 0, is = 0;
-        for (int half = 0; half < 2; ++half, q2 += 32) {
-            for (int shift = 0; shift < 8; shift += 2, q8 += 32) {
-                for (int part = 0; part < 2; ++part) {
-                    int isuml = 0;
-                    for (int l = 16 * part; l < 16 * part + 16; ++l)
-                        isuml += q8[l] * ((q2[l] >> shift) & 3);
-                    isum += (sc[is++] & 0xF) * isuml;
-                }
-            }
-        }
-        sumf += dall * isum - dmin * summs;
+        const float d = y[i].d * f16_to_f32(x[i].d);
+        const float dmin = -y[i].d * f16_to_f32(x[i].dmin);
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t mins[8], lanes[8];
+        q2_K_block_ints(&x[i], &y[i], a, scale16, mins);
+        k_lanes(a, y[i].qs, scale16, lanes);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(dmin, (float)mins[l], acc[l]);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
     }
-    *out = sumf;
+    *out = qt_hsum8(acc);
 }
 
 /* ============================================================================
@@ -1046,42 +1088,29 @@ static void q3_K_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* Integer products of 16-value groups accumulated in 8 lanes, then scaled, as ggml's
- * generic K-quant kernels do (shared by Q3_K..Q6_K). */
-typedef void (*k_lane_sums_fn)(const int8_t *a, const int8_t *q8, const int *group_scale, int group,
-                               int32_t *aux32);
-
-static void k_lane_sums(const int8_t *a, const int8_t *q8, const int *group_scale, int group,
-                        int32_t *aux32) {
-    memset(aux32, 0, 8 * sizeof *aux32);
-    for (int j = 0; j < QK_K / 8; ++j) {
-        const int scale = group_scale[(j * 8) / group];
-        for (int l = 0; l < 8; ++l) aux32[l] += scale * (q8[8 * j + l] * a[8 * j + l]);
-    }
+/* Block scale times the 8 lanes, no min term (Q3_K, Q6_K). */
+QT_FMA_CLONES static void k_acc_lanes(float d, const int32_t *lanes, float *acc) {
+    for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
 }
 
-static void vec_dot_q3_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                              k_lane_sums_fn lane_sums) {
-    const struct block_q3_K *x = vx;
-    const struct block_q8_K *y = vy;
-    float sums[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        int8_t a[QK_K];
-        int scales[16];
-        int32_t aux32[8];
-        q3_K_levels(&x[i], a);
-        for (int j = 0; j < 16; ++j) scales[j] = q3k_scale(x[i].scales, j);
-        lane_sums(a, y[i].qs, scales, 16, aux32);
-        const float d = f16_to_f32(x[i].d) * y[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
-    }
-    float sumf = 0;
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    *out = sumf;
+static void q3_K_block_ints(const struct block_q3_K *x, int8_t *a, int *scale16) {
+    q3_K_levels(x, a);
+    for (int g = 0; g < 16; ++g) scale16[g] = q3k_scale(x->scales, g);
 }
 
 static void vec_dot_q3_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q3_K_impl(n, out, vx, vy, k_lane_sums);
+    const struct block_q3_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t lanes[8];
+        q3_K_block_ints(&x[i], a, scale16);
+        k_lanes(a, y[i].qs, scale16, lanes);
+        k_acc_lanes(y[i].d * f16_to_f32(x[i].d), lanes, acc);
+    }
+    *out = qt_hsum8(acc);
 }
 
 /* ============================================================================
@@ -1122,46 +1151,51 @@ static void q4_K_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* Scales and mins of a Q4_K/Q5_K block, and sum over groups of min * bsum. */
-static int k4_scales_mins(const uint8_t *packed, const int16_t *bsums, int *scales) {
-    int summ = 0;
-    for (int j = 0; j < 8; ++j) {
+/* Levels and per-16 scales of a Q4_K/Q5_K block (levels filled by the caller's unpacker),
+ * and the min terms: mins[g] * (bsums[2g] + bsums[2g+1]) for the 8 groups. */
+static void k4_block_scales(const uint8_t *packed, const int16_t *bsums, int *scale16,
+                            int32_t *min_terms) {
+    for (int g = 0; g < 8; ++g) {
         uint8_t sc, m;
-        k4_get_scale_min(j, packed, &sc, &m);
-        scales[j] = sc;
-        summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
+        k4_get_scale_min(g, packed, &sc, &m);
+        scale16[2 * g] = scale16[2 * g + 1] = sc;
+        min_terms[g] = m * (bsums[2 * g] + bsums[2 * g + 1]);
     }
-    return summ;
 }
 
-static void vec_dot_q4_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                              k_lane_sums_fn lane_sums) {
+static void q4_K_levels(const struct block_q4_K *b, int8_t *a) {
+    const uint8_t *q4 = b->qs;
+    for (int j = 0; j < QK_K; j += 64, q4 += 32) {
+        for (int l = 0; l < 32; ++l) a[j + l] = (int8_t)(q4[l] & 0xF);
+        for (int l = 0; l < 32; ++l) a[j + 32 + l] = (int8_t)(q4[l] >> 4);
+    }
+}
+
+/* Q4_K's min term goes to a 4-lane accumulator of its own (lane l: groups 2l, 2l+1), folded
+ * as (0+2) + (1+3) and added after the 8-lane sum. */
+QT_FMA_CLONES static void vec_dot_q4_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q4_K *x = vx;
     const struct block_q8_K *y = vy;
-    float sums[8] = {0};
-    float sumf = 0;
+    float acc[8] = {0}, acc_m[4] = {0};
     for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * f16_to_f32(x[i].d);
+        const float dmin = -y[i].d * f16_to_f32(x[i].dmin);
         int8_t a[QK_K];
-        const uint8_t *q4 = x[i].qs;
-        for (int j = 0; j < QK_K; j += 64, q4 += 32) {
-            for (int l = 0; l < 32; ++l) a[j + l] = (int8_t)(q4[l] & 0xF);
-            for (int l = 0; l < 32; ++l) a[j + 32 + l] = (int8_t)(q4[l] >> 4);
+        int scale16[16];
+        int32_t mins[8], lanes[8];
+        q4_K_levels(&x[i], a);
+        k4_block_scales(x[i].scales, y[i].bsums, scale16, mins);
+        for (int l = 0; l < 4; ++l) {
+            const int32_t m = mins[2 * l] + mins[2 * l + 1];
+            acc_m[l] = fmaf(dmin, (float)m, acc_m[l]);
         }
-        int scales[8];
-        int32_t aux32[8];
-        const int summ = k4_scales_mins(x[i].scales, y[i].bsums, scales);
-        lane_sums(a, y[i].qs, scales, 32, aux32);
-        const float d = f16_to_f32(x[i].d) * y[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
-        const float dmin = f16_to_f32(x[i].dmin) * y[i].d;
-        sumf -= dmin * summ;
+        k_lanes(a, y[i].qs, scale16, lanes);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
     }
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    *out = sumf;
-}
-
-static void vec_dot_q4_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q4_K_impl(n, out, vx, vy, k_lane_sums);
+    const float m02 = acc_m[0] + acc_m[2];
+    const float m13 = acc_m[1] + acc_m[3];
+    const float msum = m02 + m13;
+    *out = qt_hsum8(acc) + msum;
 }
 
 /* ============================================================================
@@ -1217,30 +1251,26 @@ static void q5_K_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-static void vec_dot_q5_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                              k_lane_sums_fn lane_sums) {
+/* Q5_K's min term: one integer per block, fma'd into a scalar added after the 8-lane sum. */
+QT_FMA_CLONES static void vec_dot_q5_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q5_K *x = vx;
     const struct block_q8_K *y = vy;
-    float sums[8] = {0};
-    float sumf = 0;
+    float acc[8] = {0}, summs = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * f16_to_f32(x[i].d);
+        const float dmin = -y[i].d * f16_to_f32(x[i].dmin);
         int8_t a[QK_K];
-        int scales[8];
-        int32_t aux32[8];
+        int scale16[16];
+        int32_t mins[8], lanes[8];
         q5_K_levels(&x[i], a);
-        const int summ = k4_scales_mins(x[i].scales, y[i].bsums, scales);
-        lane_sums(a, y[i].qs, scales, 32, aux32);
-        const float d = f16_to_f32(x[i].d) * y[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
-        const float dmin = f16_to_f32(x[i].dmin) * y[i].d;
-        sumf -= dmin * summ;
+        k4_block_scales(x[i].scales, y[i].bsums, scale16, mins);
+        int32_t m = 0;
+        for (int g = 0; g < 8; ++g) m += mins[g];
+        summs = fmaf(dmin, (float)m, summs);
+        k_lanes(a, y[i].qs, scale16, lanes);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
     }
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    *out = sumf;
-}
-
-static void vec_dot_q5_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q5_K_impl(n, out, vx, vy, k_lane_sums);
+    *out = qt_hsum8(acc) + summs;
 }
 
 /* ============================================================================
@@ -1316,28 +1346,32 @@ static void q6_K_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
-static void vec_dot_q6_K_impl(int64_t n, float *out, const void *vx, const void *vy,
-                              k_lane_sums_fn lane_sums) {
-    const struct block_q6_K *x = vx;
-    const struct block_q8_K *y = vy;
-    float sums[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        int8_t a[QK_K];
-        int scales[16];
-        int32_t aux32[8];
-        q6_K_levels(&x[i], a);
-        for (int j = 0; j < 16; ++j) scales[j] = x[i].scales[j];
-        lane_sums(a, y[i].qs, scales, 16, aux32);
-        const float d = f16_to_f32(x[i].d) * y[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += d * aux32[l];
-    }
-    float sumf = 0;
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    *out = sumf;
+/* Q6_K: the lanes take the unsigned levels (0..63), and the -32 offset leaves them per pair of
+ * groups: lane l loses 32 * (sc[2l] * bsums[2l] + sc[2l+1] * bsums[2l+1]). */
+static void q6_K_block_ints(const struct block_q6_K *x, const struct block_q8_K *y, int8_t *a,
+                            int *scale16, int32_t *offset_lanes) {
+    q6_K_levels(x, a);
+    for (int p = 0; p < QK_K; ++p) a[p] = (int8_t)(a[p] + 32);
+    for (int g = 0; g < 16; ++g) scale16[g] = x->scales[g];
+    for (int l = 0; l < 8; ++l)
+        offset_lanes[l] =
+            32 * (scale16[2 * l] * y->bsums[2 * l] + scale16[2 * l + 1] * y->bsums[2 * l + 1]);
 }
 
 static void vec_dot_q6_K_q8_K(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q6_K_impl(n, out, vx, vy, k_lane_sums);
+    const struct block_q6_K *x = vx;
+    const struct block_q8_K *y = vy;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t lanes[8], offs[8];
+        q6_K_block_ints(&x[i], &y[i], a, scale16, offs);
+        k_lanes(a, y[i].qs, scale16, lanes);
+        for (int l = 0; l < 8; ++l) lanes[l] -= offs[l];
+        k_acc_lanes(y[i].d * f16_to_f32(x[i].d), lanes, acc);
+    }
+    *out = qt_hsum8(acc);
 }
 
 /* ============================================================================
@@ -1376,7 +1410,8 @@ static void q8_K_from_float(const float *x, void *dst, int64_t n) {
 
 /* ============================================================================
  * AVX2 dot products, chosen at run time. Same integer block products as the scalar
- * kernels; float accumulation order differs (8 lanes, FMA), within ~1e-6 relative.
+ * kernels. Q5_0 and the K-quants also share their float stage (bit-identical); for
+ * Q4_0/Q4_1/Q5_1/Q8_0 the order differs (8 lanes, FMA, as llama.cpp), within ~1e-6 relative.
  * ========================================================================== */
 
 #if QT_X86 && (defined(__GNUC__) || defined(__clang__))
@@ -1484,37 +1519,138 @@ QT_AVX2 static void vec_dot_q5_1_q8_1_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
-/* The K-quant lane sums of k_lane_sums, bit for bit: lane l collects the products of the
- * values whose index is l mod 8, so the float stage that follows rounds exactly as the
- * portable kernel (and llama.cpp's results on these files) do. A 16-value chunk widens to
- * int16 products (|level| <= 32, |q8| <= 127: no overflow) and its two 8-value halves land
- * in the same lanes. */
-QT_AVX2 static void k_lane_sums_avx2(const int8_t *a, const int8_t *q8, const int *group_scale,
-                                     int group, int32_t *aux32) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int j = 0; j < QK_K; j += 16) {
-        const __m256i a16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + j)));
-        const __m256i q16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q8 + j)));
-        const __m256i p = _mm256_mullo_epi16(a16, q16);
-        const __m256i s = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)),
-                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
-        acc =
-            _mm256_add_epi32(acc, _mm256_mullo_epi32(s, _mm256_set1_epi32(group_scale[j / group])));
+/* Q5_0 in the portable kernel's lanes: levels nibble + 16 * high bit - 16 as int8, quads of
+ * products per lane, fma with dx * dy. */
+QT_AVX2 static void vec_dot_q5_0_q8_0_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q5_0 *x = vx;
+    const struct block_q8_0 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
+        const __m256i hi = _mm256_and_si256(expand_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
+        const __m256i qx =
+            _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(x[i].qs), hi), _mm256_set1_epi8(16));
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8x32(qx, qy)), acc);
     }
-    _mm256_storeu_si256((__m256i *)aux32, acc);
+    *out = hsum_f32x8(acc);
 }
 
-static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q3_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+/* k_lanes of the portable kernels: for each 32-value run, signed levels (never -128) times
+ * q8 summed in pairs (|sum| <= 2 * 32 * 127, no int16 saturation), then pairs of pairs
+ * weighted by the scale of their 16-value group, so int32 lane l gets values 4l..4l+3. */
+QT_AVX2 static __m256i k_lanes_avx2_i32(const int8_t *a, const int8_t *q8, const int *scale16) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int c = 0; c < QK_K / 32; ++c) {
+        const __m256i va = _mm256_loadu_si256((const __m256i *)(a + 32 * c));
+        const __m256i vq = _mm256_loadu_si256((const __m256i *)(q8 + 32 * c));
+        const __m256i p16 =
+            _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vq, va));
+        const __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)scale16[2 * c + 1]),
+                                            _mm_set1_epi16((short)scale16[2 * c]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, sc));
+    }
+    return acc;
 }
-static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q4_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+
+QT_AVX2 static __m256 k_lanes_avx2(const int8_t *a, const int8_t *q8, const int *scale16) {
+    return _mm256_cvtepi32_ps(k_lanes_avx2_i32(a, q8, scale16));
 }
-static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q5_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+
+QT_AVX2 static __m256 load_lanes_ps(const int32_t *v) {
+    return _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)v));
 }
-static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
-    vec_dot_q6_K_impl(n, out, vx, vy, k_lane_sums_avx2);
+
+QT_AVX2 static void vec_dot_q2_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q2_K *x = vx;
+    const struct block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * h2f(x[i].d);
+        const float dmin = -y[i].d * h2f(x[i].dmin);
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t mins[8];
+        q2_K_block_ints(&x[i], &y[i], a, scale16, mins);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), load_lanes_ps(mins), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes_avx2(a, y[i].qs, scale16), acc);
+    }
+    *out = hsum_f32x8(acc);
+}
+
+QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q3_K *x = vx;
+    const struct block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scale16[16];
+        q3_K_block_ints(&x[i], a, scale16);
+        const __m256 d = _mm256_set1_ps(y[i].d * h2f(x[i].d));
+        acc = _mm256_fmadd_ps(d, k_lanes_avx2(a, y[i].qs, scale16), acc);
+    }
+    *out = hsum_f32x8(acc);
+}
+
+QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q4_K *x = vx;
+    const struct block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * h2f(x[i].d);
+        const float dmin = -y[i].d * h2f(x[i].dmin);
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t mins[8];
+        q4_K_levels(&x[i], a);
+        k4_block_scales(x[i].scales, y[i].bsums, scale16, mins);
+        const __m128i m = _mm_set_epi32(mins[6] + mins[7], mins[4] + mins[5], mins[2] + mins[3],
+                                        mins[0] + mins[1]);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes_avx2(a, y[i].qs, scale16), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    *out = hsum_f32x8(acc) + _mm_cvtss_f32(acc_m);
+}
+
+QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q5_K *x = vx;
+    const struct block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * h2f(x[i].d);
+        const float dmin = -y[i].d * h2f(x[i].dmin);
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t mins[8];
+        q5_K_levels(&x[i], a);
+        k4_block_scales(x[i].scales, y[i].bsums, scale16, mins);
+        int32_t m = 0;
+        for (int g = 0; g < 8; ++g) m += mins[g];
+        summs = fmaf(dmin, (float)m, summs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes_avx2(a, y[i].qs, scale16), acc);
+    }
+    *out = hsum_f32x8(acc) + summs;
+}
+
+QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
+    const struct block_q6_K *x = vx;
+    const struct block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        int8_t a[QK_K];
+        int scale16[16];
+        int32_t offs[8];
+        q6_K_block_ints(&x[i], &y[i], a, scale16, offs);
+        const __m256i lanes = _mm256_sub_epi32(k_lanes_avx2_i32(a, y[i].qs, scale16),
+                                               _mm256_loadu_si256((const __m256i *)offs));
+        const __m256 d = _mm256_set1_ps(y[i].d * h2f(x[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
+    }
+    *out = hsum_f32x8(acc);
 }
 
 /* Every x86 CPU with AVX2 also has F16C (Intel since Ivy Bridge, AMD since Piledriver), and
@@ -1536,6 +1672,12 @@ static void vec_dot_q4_1_q8_1_best(int64_t n, float *out, const void *x, const v
 static void vec_dot_q5_1_q8_1_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q5_1_q8_1_avx2 : vec_dot_q5_1_q8_1)(n, out, x, y);
 }
+static void vec_dot_q5_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q5_0_q8_0_avx2 : vec_dot_q5_0_q8_0)(n, out, x, y);
+}
+static void vec_dot_q2_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
+    (qt_cpu_has_avx2() ? vec_dot_q2_K_q8_K_avx2 : vec_dot_q2_K_q8_K)(n, out, x, y);
+}
 static void vec_dot_q3_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q3_K_q8_K_avx2 : vec_dot_q3_K_q8_K)(n, out, x, y);
 }
@@ -1554,6 +1696,8 @@ static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const v
 #define vec_dot_q4_0_q8_0_best vec_dot_q4_0_q8_0
 #define vec_dot_q4_1_q8_1_best vec_dot_q4_1_q8_1
 #define vec_dot_q5_1_q8_1_best vec_dot_q5_1_q8_1
+#define vec_dot_q5_0_q8_0_best vec_dot_q5_0_q8_0
+#define vec_dot_q2_K_q8_K_best vec_dot_q2_K_q8_K
 #define vec_dot_q3_K_q8_K_best vec_dot_q3_K_q8_K
 #define vec_dot_q4_K_q8_K_best vec_dot_q4_K_q8_K
 #define vec_dot_q5_K_q8_K_best vec_dot_q5_K_q8_K
@@ -1612,7 +1756,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
                  .from_float = q5_0_from_float,
                  .from_float_act = q5_0_from_float,
                  .vec_dot_type = QT_Q8_0,
-                 .vec_dot = vec_dot_q5_0_q8_0},
+                 .vec_dot = vec_dot_q5_0_q8_0_best},
     [QT_Q5_1] = {.name = "q5_1",
                  .blck_size = QK32,
                  .type_size = sizeof(struct block_q5_1),
@@ -1644,7 +1788,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
                  .from_float = q2_K_from_float,
                  .from_float_act = q2_K_from_float,
                  .vec_dot_type = QT_Q8_K,
-                 .vec_dot = vec_dot_q2_K_q8_K},
+                 .vec_dot = vec_dot_q2_K_q8_K_best},
     [QT_Q3_K] = {.name = "q3_K",
                  .blck_size = QK_K,
                  .type_size = sizeof(struct block_q3_K),
@@ -1716,6 +1860,10 @@ qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type) {
         return vec_dot_q4_1_q8_1;
     case QT_Q5_1:
         return vec_dot_q5_1_q8_1;
+    case QT_Q5_0:
+        return vec_dot_q5_0_q8_0;
+    case QT_Q2_K:
+        return vec_dot_q2_K_q8_K;
     case QT_Q3_K:
         return vec_dot_q3_K_q8_K;
     case QT_Q4_K:
