@@ -32,10 +32,13 @@ struct options {
     int n_ctx;
     int n_threads;
     int blas_min_batch;
+    int prefill;
     int verbosity;
     int print_ids;
     int decode;
     int show_tensors;
+    int detok;
+    int show;
     int add_bos;
     int special;
     int seed_given;
@@ -96,12 +99,16 @@ static const char *usage_info =
     "      --tensors   also list every tensor: name, type, shape, bytes\n";
 
 static const char *usage_tokenize =
-    "usage: moerun tokenize [-m] MODEL [TEXT] [--bos] [--special]\n"
+    "usage: moerun tokenize [-m] MODEL [TEXT] [--bos] [--special] [--show | --detok]\n"
     "\n"
-    "Prints the token ids of TEXT (or of stdin) on one line, separated by spaces.\n"
+    "Prints the token ids of TEXT (or of stdin) on one line, separated by spaces. Only the\n"
+    "tokenizer is read, so vocabulary-only GGUF files work too.\n"
     "\n"
     "      --bos       prepend the beginning-of-sequence token\n"
-    "      --special   match special-token texts (e.g. <s>) in the text\n";
+    "      --special   match special-token texts (e.g. <s>) in the text; with --detok,\n"
+    "                  print special tokens' text\n"
+    "      --show      one line per token: id, a tab, its piece in quotes\n"
+    "      --detok     the input is token ids (commas or spaces); print their text\n";
 
 static const char *usage_eval =
     "usage: moerun eval [-m] MODEL --tokens 1,2,3 --logits FILE [--decode] [options]\n"
@@ -112,6 +119,8 @@ static const char *usage_eval =
     "      --tokens IDS      comma-separated token ids\n"
     "      --logits FILE     output file (written to a temporary name, then renamed)\n"
     "      --decode          feed one token at a time instead of one batch\n"
+    "      --prefill N       feed the first N tokens in one batch, the rest one at a time\n"
+    "                        (what generation after an N-token prompt computes)\n"
     "      --blas-batch N    batches of at least N tokens use OpenBLAS on dequantized\n"
     "                        weights (float activations: faster, drifts from llama.cpp by\n"
     "                        its activation rounding); default 0 = never: activations are\n"
@@ -201,6 +210,7 @@ static int parse_valued(struct options *o, const char *a, const char *v) {
         return parse_int(c, a, v, -1, 1L << 30, &o->n_predict) ? -1 : 1;
     if (is_flag(a, "-c", "--ctx-size")) return parse_int(c, a, v, 1, 1L << 24, &o->n_ctx) ? -1 : 1;
     if (is_flag(a, "-t", "--threads")) return parse_int(c, a, v, 1, 1024, &o->n_threads) ? -1 : 1;
+    if (is_flag(a, NULL, "--prefill")) return parse_int(c, a, v, 1, 1L << 24, &o->prefill) ? -1 : 1;
     if (is_flag(a, NULL, "--blas-batch")) {
         if (parse_int(c, a, v, 0, 1L << 20, &o->blas_min_batch) < 0) return -1;
         if (o->blas_min_batch == 0) o->blas_min_batch = -1; /* model_params: never */
@@ -227,6 +237,8 @@ static int parse_switch(struct options *o, const char *a) {
     if (is_flag(a, NULL, "--ids")) return o->print_ids = 1, 1;
     if (is_flag(a, NULL, "--decode")) return o->decode = 1, 1;
     if (is_flag(a, NULL, "--tensors")) return o->show_tensors = 1, 1;
+    if (is_flag(a, NULL, "--detok")) return o->detok = 1, 1;
+    if (is_flag(a, NULL, "--show")) return o->show = 1, 1;
     if (is_flag(a, NULL, "--bos")) return o->add_bos = 1, 1;
     if (is_flag(a, NULL, "--special")) return o->special = 1, 1;
     return 0;
@@ -246,15 +258,15 @@ static const char *accepted_flags(const char *cmd) {
                " --repeat-last-n --seed --ids --special ";
     if (!strcmp(cmd, "eval"))
         return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
-               " --blas-batch -c --ctx-size ";
+               " --prefill --blas-batch -c --ctx-size ";
     if (!strcmp(cmd, "info")) return " -m --model --tensors ";
-    if (!strcmp(cmd, "tokenize")) return " -m --model --bos --special ";
+    if (!strcmp(cmd, "tokenize")) return " -m --model --bos --special --detok --show ";
     return " ";
 }
 
 static const char *const valued_flags =
     " -m --model -p --prompt -f --file --tokens --logits -n --n-predict -c --ctx-size -t"
-    " --threads --blas-batch --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n"
+    " --threads --blas-batch --prefill --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n"
     " --seed ";
 
 static int in_list(const char *list, const char *flag) {
@@ -293,6 +305,7 @@ static int parse_args(struct options *o, int argc, char **argv) {
  * binary (models/ next to it, as in the source tree, or ../share/moerun/ once installed). */
 static int find_builtin_model(char *path, size_t cap) {
     static const char *const candidates[] = {"%s/models/tinyseek-kjv-q8_0.gguf",
+                                              "%s/../models/tinyseek-kjv-q8_0.gguf",
                                               "%s/../share/moerun/tinyseek-kjv-q8_0.gguf"};
     const char *env = getenv("MOERUN_MODEL");
     if (env && env[0]) {
@@ -348,26 +361,31 @@ static int read_file_text(const char *path, char **out, size_t *len) {
     return rc;
 }
 
-/* "1,2,3" -> ids; rejects empty items and non-numbers. */
+/* "1,2,3" or "1 2 3" -> ids; rejects anything but ids and separators. */
 static int parse_token_list(const char *s, int32_t **out, int *n_out) {
     int cap = 16, n = 0;
     int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
     const char *p = s;
-    while (*p) {
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (!*p) break;
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
-            err_set("--tokens: '%s' is not a comma-separated list of token ids", s);
+        if (end == p || errno || v < 0 || v > INT32_MAX ||
+            (*end && !strchr(", \t\n\r", *end))) {
+            err_set("token ids: '%.40s' is not a list of token ids (numbers separated by commas "
+                    "or spaces)",
+                    s);
             free(ids);
             return -1;
         }
         if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
         ids[n++] = (int32_t)v;
-        p = *end ? end + 1 : end;
+        p = end;
     }
     if (n == 0) {
-        err_set("--tokens: the list is empty");
+        err_set("token ids: the list is empty");
         free(ids);
         return -1;
     }
@@ -628,11 +646,14 @@ static int cmd_run(struct options *o) {
 
 /* ---- eval ---- */
 
+/* All n ids in one batch, or the first `batch` in one and the rest one at a time (as
+ * generation feeds them: --prefill N), or all one at a time (--decode). */
 static int eval_logits(struct model *m, const struct options *o, const int32_t *ids, int n,
                        float *logits) {
     size_t nv = m->hp.n_vocab;
-    if (!o->decode) return model_forward(m, ids, n, 0, logits, 1);
-    for (int i = 0; i < n; i++)
+    int batch = o->decode ? 0 : o->prefill > 0 && o->prefill < n ? o->prefill : n;
+    if (batch && model_forward(m, ids, batch, 0, logits, 1) < 0) return -1;
+    for (int i = batch; i < n; i++)
         if (model_forward(m, ids + i, 1, i, logits + (size_t)i * nv, 1) < 0) return -1;
     return 0;
 }
@@ -783,33 +804,82 @@ static int cmd_info(struct options *o) {
 
 /* ---- tokenize ---- */
 
+/* The text argument, or all of stdin. */
+static int input_text(const struct options *o, char **text, size_t *len) {
+    if (o->text) {
+        *text = xstrdup(o->text);
+        *len = strlen(*text);
+        return 0;
+    }
+    if (read_stream(stdin, text, len) == 0) return 0;
+    err_set("cannot read stdin: %s", strerror(errno));
+    return -1;
+}
+
+/* One line per token: id, a tab, the piece with control bytes escaped. */
+static int show_tokens(const struct tokenizer *tok, const int32_t *ids, int64_t n) {
+    int cap = tokenizer_max_piece(tok);
+    char *piece = xmalloc((size_t)cap);
+    for (int64_t i = 0; i < n; i++) {
+        int len = tokenizer_piece(tok, ids[i], 1, piece, (size_t)cap);
+        if (len < 0) {
+            free(piece);
+            return -1;
+        }
+        printf("%d\t'", ids[i]);
+        for (int k = 0; k < len; k++) {
+            unsigned char c = (unsigned char)piece[k];
+            if (c == '\n') fputs("\\n", stdout);
+            else if (c == '\t') fputs("\\t", stdout);
+            else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
+            else putchar(c);
+        }
+        printf("'\n");
+    }
+    free(piece);
+    return 0;
+}
+
+/* ids -> text, as generation would print it. */
+static int detokenize(const struct tokenizer *tok, const char *list, int show_special) {
+    int32_t *ids;
+    int n;
+    if (parse_token_list(list, &ids, &n) < 0) return -1;
+    int64_t len = tokenizer_decode(tok, ids, (size_t)n, show_special, NULL, 0);
+    char *out = len >= 0 ? xmalloc((size_t)len + 1) : NULL;
+    if (out) tokenizer_decode(tok, ids, (size_t)n, show_special, out, (size_t)len);
+    if (out) fwrite(out, 1, (size_t)len, stdout);
+    free(out);
+    free(ids);
+    return len < 0 ? -1 : 0;
+}
+
+static int tokenize_text(const struct tokenizer *tok, const struct options *o, const char *text,
+                         size_t len) {
+    int32_t *ids = NULL;
+    int64_t n = tokenizer_encode(tok, text, len, o->add_bos, o->special, &ids);
+    int rc = n < 0 ? -1 : 0;
+    if (rc == 0 && o->show) rc = show_tokens(tok, ids, n);
+    else if (rc == 0) {
+        for (int64_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+    }
+    free(ids);
+    return rc;
+}
+
 static int cmd_tokenize(struct options *o) {
     struct gguf_file f;
     if (gguf_open(&f, o->model) < 0) return error_exit(o->cmd);
     struct tokenizer *tok = tokenizer_load(&f);
-    if (!tok) {
-        gguf_close(&f);
-        return error_exit(o->cmd);
-    }
-    char *text;
-    size_t len;
-    int rc = 0;
-    if (o->text) {
-        text = xstrdup(o->text);
-        len = strlen(text);
-    } else if (read_stream(stdin, &text, &len) < 0) {
-        err_set("cannot read stdin: %s", strerror(errno));
-        rc = -1;
-    }
-    int32_t *ids = NULL;
-    int64_t n = rc < 0 ? -1 : tokenizer_encode(tok, text, len, o->add_bos, o->special, &ids);
-    if (rc == 0) free(text);
-    for (int64_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
-    if (n >= 0) printf("\n");
-    free(ids);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = tok ? input_text(o, &text, &len) : -1;
+    if (rc == 0) rc = o->detok ? detokenize(tok, text, o->special) : tokenize_text(tok, o, text, len);
+    free(text);
     tokenizer_free(tok);
     gguf_close(&f);
-    return n < 0 ? error_exit(o->cmd) : 0;
+    return rc < 0 ? error_exit(o->cmd) : 0;
 }
 
 /* ---- dispatch ---- */

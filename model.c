@@ -647,6 +647,50 @@ uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size) {
     return (uint64_t)m->hp.n_layer * (uint64_t)(m->ag.kv_k + m->ag.kv_v) * (uint64_t)elem_size;
 }
 
+/* ---- describing a model's tensors (generators, converters) ---- */
+
+static int describe_one(const struct model *m, const struct layout *lo,
+                        const struct tensor_spec *s, int il, struct tensor_desc *d) {
+    if (!applicable(m, s->need, il) || !required(m, lo, s->need, il)) return 0;
+    snprintf(d->name, sizeof d->name, s->name, il);
+    d->n_dims = s->shape[2] != D_ONE ? 3 : s->shape[1] != D_ONE ? 2 : 1;
+    for (int i = 0; i < 3; i++) d->ne[i] = dim_value(&m->hp, s->shape[i]);
+    d->is_vector = d->n_dims == 1;
+    return 1;
+}
+
+int model_describe_tensors(const char *arch, const struct hparams *hp, int legacy_kv_b,
+                           struct tensor_desc **out) {
+    struct model m;
+    memset(&m, 0, sizeof m);
+    int a = 0;
+    while (a < ARCH_COUNT && strcmp(arches[a].name, arch)) a++;
+    if (a == ARCH_COUNT) {
+        err_set("model: unknown architecture '%s'", arch);
+        return -1;
+    }
+    m.arch = (enum arch_id)a;
+    m.hp = *hp;
+    m.layers = xcalloc(hp->n_layer, sizeof *m.layers);
+    for (uint32_t l = 0; l < hp->n_layer; l++)
+        m.layers[l].is_moe = hp->n_expert > 0 && l >= hp->n_dense_lead;
+    struct layout lo = {legacy_kv_b, 0};
+    const struct arch_info *ai = &arches[a];
+    size_t cap = ai->n_tensors * (hp->n_layer + 1), n = 0;
+    struct tensor_desc *d = xcalloc(cap, sizeof *d);
+    for (size_t i = 0; i < ai->n_tensors; i++) {
+        const struct tensor_spec *s = &ai->tensors[i];
+        if (!s->per_layer) {
+            n += (size_t)describe_one(&m, &lo, s, -1, &d[n]);
+            continue;
+        }
+        for (uint32_t l = 0; l < hp->n_layer; l++) n += (size_t)describe_one(&m, &lo, s, (int)l, &d[n]);
+    }
+    free(m.layers);
+    *out = d;
+    return (int)n;
+}
+
 /* ---- runtime state ---- */
 
 static int default_threads(void) {

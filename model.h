@@ -174,6 +174,20 @@ void model_free(struct model *m);
 int model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0, float *logits,
                   int all_logits);
 
+/* A tensor an architecture requires, as a file must hold it. */
+struct tensor_desc {
+    char name[96];
+    int n_dims;
+    int64_t ne[3];
+    int is_vector; /* norms, biases, routers' bias: kept in f32 */
+};
+
+/* Every tensor `arch` needs for these hyper-parameters (hp as model_load fills it; for
+ * deepseek2, legacy_kv_b picks the single attn_kv_b layout), in the tables' order; for model
+ * generators and converters. Returns the count (a malloc'd array in *out) or -1 with err set. */
+int model_describe_tensors(const char *arch, const struct hparams *hp, int legacy_kv_b,
+                           struct tensor_desc **out);
+
 /* Bytes of KV cache one token takes (all layers), for a cache of elem_size-byte floats. */
 uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size);
 

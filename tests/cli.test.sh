@@ -80,7 +80,7 @@ check "tokenize from stdin" $? "got: $got"
 
 "$BIN" info "$S" >"$tmp/info"
 grep -q "^architecture: llama" "$tmp/info" && grep -q "^layers: 5" "$tmp/info" &&
-    grep -q "heads: 8 (kv 4)" "$tmp/info"
+    grep -q "^attention: 8 heads (kv 4)" "$tmp/info"
 check "info" $? "$(head -c 300 "$tmp/info")"
 n=$("$BIN" info "$S" --tensors | grep -c '^  blk\.\|^  token_embd\|^  output')
 [ "$n" -eq 48 ]
@@ -93,3 +93,32 @@ sz=$(stat -c %s "$tmp/a.bin" 2>/dev/null || echo 0)
 check "eval writes n_tokens x n_vocab float32" $? "size $sz"
 ls "$tmp" | grep -q '\.tmp\.' && r=1 || r=0
 check "eval leaves no temporary file" $r "$(ls "$tmp")"
+
+# the built-in model (models/, beside the binary in the source tree) and its BPE tokenizer
+T=models/tinyseek-kjv-q8_0.gguf
+got=$("$BIN" tokenize "$T" "In the beginning" --bos)
+[ "$got" = "0 42 79 260 811 266 79 292" ]
+check "tokenize BPE with BOS (llama.cpp's ids)" $? "got: $got"
+got=$("$BIN" tokenize "$T" --detok "0 42 79 260 811 266 79 292")
+[ "$got" = "In the beginning" ]
+check "tokenize --detok" $? "got: '$got'"
+got=$("$BIN" tokenize "$T" "In the" --show | tr '\t' '|')
+[ "$got" = "$(printf "42|'I'\n79|'n'\n260|' the'")" ]
+check "tokenize --show" $? "got: $got"
+"$BIN" tokenize "$T" --detok "1,x" >/dev/null 2>"$tmp/err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "not a list of token ids" "$tmp/err"
+check "tokenize --detok rejects a bad id list" $? "exit $rc: $(cat "$tmp/err")"
+
+"$BIN" run -p "In the beginning" -n 8 --temp 0 -q >"$tmp/out" 2>&1 </dev/null
+[ "$(cat "$tmp/out")" = " of the children of Israel, and the" ]
+check "run with no model uses the built-in one" $? "got: $(cat "$tmp/out")"
+MOERUN_MODEL=/nonexistent.gguf "$BIN" run -p hi -n 1 >/dev/null 2>"$tmp/err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "/nonexistent.gguf" "$tmp/err"
+check "MOERUN_MODEL names the default model" $? "exit $rc: $(cat "$tmp/err")"
+"$BIN" info "$T" >"$tmp/info"
+grep -q "^experts: 16, 2 used per token, 1 shared" "$tmp/info" &&
+    grep -q "^attention: MLA" "$tmp/info" && grep -q "active per token: 2.46M" "$tmp/info" &&
+    grep -q "^kv cache per token: 640 B at f16" "$tmp/info"
+check "info on a MoE/MLA model" $? "$(cat "$tmp/info")"

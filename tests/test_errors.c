@@ -132,7 +132,7 @@ static void test_model_errors(const struct gguf_file *src) {
     struct edit arch = {.key = "general.architecture", .str_value = "mamba9"};
     make_edited(src, "arch.gguf", &arch, path, sizeof path);
     snprintf(args, sizeof args, "info %s", path);
-    expect_error("unknown architecture", args, path, "unknown architecture 'mamba9'");
+    expect_error("unknown architecture", args, path, "unknown architecture 'mamba9' (supported:");
 
     struct edit missing = {.drop_tensor = "blk.1.ffn_up.weight"};
     make_edited(src, "missing.gguf", &missing, path, sizeof path);
@@ -152,6 +152,44 @@ static void test_model_errors(const struct gguf_file *src) {
     snprintf(path, sizeof path, "%s/out.bin", tmpdir);
     struct stat st;
     test_report("no output file after a failed eval", stat(path, &st) != 0, "checked %s", path);
+}
+
+/* The MoE checks at load, on a DeepSeek-V3-style file (16 experts in 4 groups, 2 used). */
+static void test_moe_errors(void) {
+    char v3[512], path[600], args[1200];
+    snprintf(v3, sizeof v3, "%s/compat/deepseek2-v3/deepseek2-v3-F32.gguf", test_fixtures());
+    struct gguf_file src;
+    if (gguf_open(&src, v3) < 0) {
+        test_skip("moe load checks", "%s", err_get());
+        return;
+    }
+    static const struct {
+        const char *name, *key;
+        uint32_t value;
+        const char *needle;
+    } cases[] = {
+        {"more experts used than exist", "deepseek2.expert_used_count", 20,
+         "deepseek2.expert_used_count = 20 is outside 1..16"},
+        {"experts not divisible into groups", "deepseek2.expert_group_count", 5,
+         "deepseek2.expert_group_count = 5 must divide deepseek2.expert_count = 16"},
+        {"more groups used than exist", "deepseek2.expert_group_used_count", 6,
+         "deepseek2.expert_group_used_count = 6 is outside 1..4"},
+        {"expert shape contradicts expert_count", "deepseek2.expert_count", 8,
+         "ffn_gate_inp.weight' has shape [256, 16, 1, 1], the hyper-parameters say [256, 8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char file[32];
+        snprintf(file, sizeof file, "moe%zu.gguf", i);
+        struct edit e = {.key = cases[i].key, .u32_value = cases[i].value};
+        make_edited(&src, file, &e, path, sizeof path);
+        snprintf(args, sizeof args, "info %s", path);
+        expect_error(cases[i].name, args, path, cases[i].needle);
+    }
+    struct edit missing = {.drop_tensor = "blk.1.ffn_down_shexp.weight"};
+    make_edited(&src, "moe-missing.gguf", &missing, path, sizeof path);
+    snprintf(args, sizeof args, "info %s", path);
+    expect_error("missing shared expert", args, path, "missing tensor 'blk.1.ffn_down_shexp.weight'");
+    gguf_close(&src);
 }
 
 static void test_input_errors(const char *stories) {
@@ -183,6 +221,7 @@ int main(void) {
     }
     test_file_errors(&src);
     test_model_errors(&src);
+    test_moe_errors();
     test_input_errors(stories);
     gguf_close(&src);
     char cmd[600];
