@@ -78,10 +78,14 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmoerun.a | $(BUILD)
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
 
+# mktiny: random-weight models of any architecture and shape (tests, benchmarks)
+$(BUILD)/mktiny: tools/mktiny.c $(BUILD)/libmoerun.a | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
+
 $(BUILD):
 	mkdir -p $(BUILD)
 
-test: $(BUILD)/moerun $(TEST_BIN)
+test: $(BUILD)/moerun $(BUILD)/mktiny $(TEST_BIN)
 	@BIN=$(BUILD)/moerun TESTBIN=$(BUILD)/tests tests/run.sh
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
