@@ -1658,16 +1658,46 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
+/* One 32-value run of Q6_K levels (0..63) times activations, pairs by maddubs, then quads
+ * times the two 16-value group scales: int32 lane k holds values 4k..4k+3, as k_lanes. */
+QT_AVX2 static __m256i q6_K_run(__m256i levels, const int8_t *q8, const int8_t *sc) {
+    const __m256i p16 = _mm256_maddubs_epi16(levels, _mm256_loadu_si256((const __m256i *)q8));
+    const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+    return _mm256_madd_epi16(p16, scales);
+}
+
+/* Q6_K in registers: 4 low bits from ql, 2 high bits from qh, 128 values per step. */
+QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t *q8) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < QK_K / 128; ++j) {
+        const uint8_t *ql = x->ql + 64 * j, *qh = x->qh + 32 * j;
+        const int8_t *sc = x->scales + 8 * j;
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+        for (int part = 0; part < 4; ++part) {
+            const __m256i lo = part & 1 ? l1 : l0;
+            const __m256i nib = part < 2 ? _mm256_and_si256(lo, low4)
+                                         : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
+            const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
+            const __m256i lv = _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
+            sumi = _mm256_add_epi32(sumi, q6_K_run(lv, q8 + 128 * j + 32 * part, sc + 2 * part));
+        }
+    }
+    return sumi;
+}
+
 QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q6_K *x = vx;
     const struct block_q8_K *y = vy;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        int8_t a[QK_K];
-        int scale16[16];
         int32_t offs[8];
-        q6_K_block_ints(&x[i], &y[i], a, scale16, offs);
-        const __m256i lanes = _mm256_sub_epi32(k_lanes_avx2_i32(a, y[i].qs, scale16),
+        for (int l = 0; l < 8; ++l)
+            offs[l] = 32 * (x[i].scales[2 * l] * y[i].bsums[2 * l] +
+                            x[i].scales[2 * l + 1] * y[i].bsums[2 * l + 1]);
+        const __m256i lanes = _mm256_sub_epi32(q6_K_block_lanes(&x[i], y[i].qs),
                                                _mm256_loadu_si256((const __m256i *)offs));
         const __m256 d = _mm256_set1_ps(y[i].d * h2f(x[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
