@@ -28,6 +28,9 @@ struct options {
     const char *tokens;
     const char *logits_path;
     const char *text;
+    const char *system;
+    const char *template_name;
+    int raw;
     int n_predict;
     int n_ctx;
     int n_threads;
@@ -85,6 +88,12 @@ static const char *usage_run =
     "      --seed S           random seed; the same seed repeats a sampled run\n"
     "      --ids              print generated token ids (space-separated) instead of text\n"
     "      --special          match special-token texts in the prompt\n"
+    "      --raw              send the prompt as is; by default a model with a chat template\n"
+    "                         gets it as one user turn, followed by the assistant's opening\n"
+    "      --system TEXT      add a system turn before the prompt\n"
+    "      --template NAME    use this chat template family instead of the file's (see\n"
+    "                         moerun info; names: deepseek3 deepseek3.1 deepseek-r1 chatml\n"
+    "                         qwen2.5 qwen3 llama3 llama3.1 llama2 mistral plain ...)\n"
     "  -v, --verbose          more detail on stderr\n"
     "  -q, --quiet            nothing on stderr but errors\n"
     "\n"
@@ -202,6 +211,8 @@ static int parse_valued(struct options *o, const char *a, const char *v) {
     const char *c = o->cmd;
     struct sampler_params *sp = &o->sp;
     if (is_flag(a, "-m", "--model")) return o->model = v, 1;
+    if (is_flag(a, NULL, "--system")) return o->system = v, 1;
+    if (is_flag(a, NULL, "--template")) return o->template_name = v, 1;
     if (is_flag(a, "-p", "--prompt")) return o->prompt = v, 1;
     if (is_flag(a, "-f", "--file")) return o->prompt_file = v, 1;
     if (is_flag(a, NULL, "--tokens")) return o->tokens = v, 1;
@@ -238,6 +249,7 @@ static int parse_switch(struct options *o, const char *a) {
     if (is_flag(a, NULL, "--decode")) return o->decode = 1, 1;
     if (is_flag(a, NULL, "--tensors")) return o->show_tensors = 1, 1;
     if (is_flag(a, NULL, "--detok")) return o->detok = 1, 1;
+    if (is_flag(a, NULL, "--raw")) return o->raw = 1, 1;
     if (is_flag(a, NULL, "--show")) return o->show = 1, 1;
     if (is_flag(a, NULL, "--bos")) return o->add_bos = 1, 1;
     if (is_flag(a, NULL, "--special")) return o->special = 1, 1;
@@ -255,7 +267,7 @@ static const char *accepted_flags(const char *cmd) {
     if (!strcmp(cmd, "run"))
         return " -m --model -t --threads -v --verbose -q --quiet -p --prompt -f --file --tokens"
                " -n --n-predict -c --ctx-size --temp --top-k --top-p --min-p --repeat-penalty"
-               " --repeat-last-n --seed --ids --special ";
+               " --repeat-last-n --seed --ids --special --raw --system --template ";
     if (!strcmp(cmd, "eval"))
         return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
                " --prefill --blas-batch -c --ctx-size ";
@@ -267,7 +279,7 @@ static const char *accepted_flags(const char *cmd) {
 static const char *const valued_flags =
     " -m --model -p --prompt -f --file --tokens --logits -n --n-predict -c --ctx-size -t"
     " --threads --blas-batch --prefill --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n"
-    " --seed ";
+    " --seed --system --template ";
 
 static int in_list(const char *list, const char *flag) {
     size_t n = strlen(flag);
@@ -469,6 +481,53 @@ static int open_model(struct model *m, const struct options *o, double *load_sec
 
 /* ---- run ---- */
 
+/* A control token's text (BOS, EOS) as templates write it, or "" when there is none. */
+static char *token_text(const struct tokenizer *tok, int32_t id) {
+    int cap = tokenizer_max_piece(tok);
+    char *buf = xcalloc((size_t)cap + 1, 1);
+    int n = id >= 0 ? tokenizer_piece(tok, id, 1, buf, (size_t)cap) : 0;
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+/* The family to render with: --template, else the file's tokenizer.chat_template; returns 0
+ * when the prompt goes as is (--raw, or no template at all). */
+static int chat_family_for(const struct model *m, const struct options *o, enum chat_family *f) {
+    if (o->raw) return 0;
+    if (o->template_name) return chat_family_from_name(o->template_name, f) < 0 ? -1 : 1;
+    struct gguf_str tmpl = {0, NULL};
+    if (gguf_get_str(&m->file, "tokenizer.chat_template", &tmpl) != 0 || !tmpl.len) return 0;
+    *f = chat_detect(tmpl.data, tmpl.len);
+    return 1;
+}
+
+/* Wraps the prompt as one user turn (after --system) in the model's chat template. */
+static int apply_chat_template(const struct model *m, const struct options *o, char **text,
+                               size_t *len, int *templated) {
+    enum chat_family f;
+    int rc = chat_family_for(m, o, &f);
+    if (rc <= 0) return rc;
+    struct chat_msg msgs[2];
+    int n = 0;
+    if (o->system) msgs[n++] = (struct chat_msg){"system", o->system};
+    msgs[n++] = (struct chat_msg){"user", *text};
+    char *bos = token_text(m->tok, tokenizer_bos(m->tok));
+    char *eos = token_text(m->tok, tokenizer_eos(m->tok));
+    struct chat_opts opts = {.add_generation_prompt = 1, .thinking = 1, .bos_text = bos,
+                             .eos_text = eos};
+    char *out = NULL;
+    size_t out_len = 0;
+    rc = chat_render(f, msgs, n, &opts, &out, &out_len);
+    free(bos);
+    free(eos);
+    if (rc < 0) return -1;
+    free(*text);
+    *text = out;
+    *len = out_len;
+    *templated = 1;
+    return 0;
+}
+
 /* The prompt as token ids, from --tokens, -p, -f or stdin. */
 static int prompt_tokens(const struct model *m, const struct options *o, int32_t **ids, int *n) {
     if (o->tokens) return parse_token_list(o->tokens, ids, n);
@@ -488,7 +547,14 @@ static int prompt_tokens(const struct model *m, const struct options *o, int32_t
         err_set("no prompt: give -p TEXT, -f FILE or --tokens, or pipe text on stdin");
         return -1;
     }
-    int64_t count = tokenizer_encode(m->tok, text, len, tokenizer_add_bos(m->tok), o->special, ids);
+    int templated = 0;
+    if (apply_chat_template(m, o, &text, &len, &templated) < 0) {
+        free(text);
+        return -1;
+    }
+    /* a rendered template carries its own BOS text where the model wants one */
+    int add_bos = tokenizer_add_bos(m->tok) && !templated;
+    int64_t count = tokenizer_encode(m->tok, text, len, add_bos, o->special || templated, ids);
     free(text);
     if (count < 0) return -1;
     if (count == 0) {

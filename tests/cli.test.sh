@@ -122,3 +122,18 @@ grep -q "^experts: 16, 2 used per token, 1 shared" "$tmp/info" &&
     grep -q "^attention: MLA" "$tmp/info" && grep -q "active per token: 2.46M" "$tmp/info" &&
     grep -q "^kv cache per token: 640 B at f16" "$tmp/info"
 check "info on a MoE/MLA model" $? "$(cat "$tmp/info")"
+
+# chat templates: the plain family is BOS + text, so it equals the raw prompt on this model
+a=$("$BIN" run -p "In the beginning" -n 8 --temp 0 -q)
+b=$("$BIN" run -p "In the beginning" -n 8 --temp 0 -q --template plain)
+[ -n "$a" ] && [ "$a" = "$b" ]
+check "--template plain equals the raw prompt" $? "raw '$a' plain '$b'"
+ids=$("$BIN" run -p "In the beginning" -n 1 --temp 0 --template deepseek3 --system S -v 2>&1 |
+    sed -n 's/^moerun: prompt tokens: //p')
+got=$("$BIN" tokenize "$T" --detok "$ids" --special)
+[ "$got" = "<｜begin▁of▁sentence｜>S<｜User｜>In the beginning<｜Assistant｜>" ]
+check "--template deepseek3 --system renders the V3 turns" $? "got: $got"
+"$BIN" run -p x --template nosuch >/dev/null 2>"$tmp/err"
+rc=$?
+[ $rc -eq 1 ] && grep -q 'chat template "nosuch" is unknown (expected one of: plain' "$tmp/err"
+check "--template with an unknown name" $? "exit $rc: $(cat "$tmp/err")"
