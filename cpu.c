@@ -179,8 +179,8 @@ struct matmul_job {
     struct cpu_ctx *c;
     const struct cpu_product *p;
     int n;
-    size_t act_off[CPU_MAX_PRODUCTS]; /* each product's first activation row in c->act */
-    size_t act_row[CPU_MAX_PRODUCTS]; /* bytes per activation row (0: rows are the floats) */
+    size_t act_off[CPU_MAX_PRODUCTS];  /* each product's first activation row in c->act */
+    size_t act_row[CPU_MAX_PRODUCTS];  /* bytes per activation row (0: rows are the floats) */
     int64_t row_end[CPU_MAX_PRODUCTS]; /* running total of output rows */
     int64_t tok_end[CPU_MAX_PRODUCTS]; /* running total of input rows */
 };
@@ -208,8 +208,8 @@ static void quantize_activations(void *arg, int ith, int nth) {
         int t = (int)(u - (i ? j->tok_end[i - 1] : 0));
         if (!j->act_row[i]) continue;
         const struct qtype_traits *at = qtype_traits(qtype_traits(p->w.type)->vec_dot_type);
-        at->from_float_act(p->x + (size_t)t * (size_t)p->x_stride,
-                           (uint8_t *)activation(j, i, t), p->w.n_in);
+        at->from_float_act(p->x + (size_t)t * (size_t)p->x_stride, (uint8_t *)activation(j, i, t),
+                           p->w.n_in);
     }
 }
 
@@ -284,8 +284,7 @@ static void matmul_rows_sgemm(void *arg, int ith, int nth) {
 static void check_product(const struct cpu_ctx *c, const struct cpu_product *p) {
     if (p->n_tok > c->cfg.max_batch * c->cfg.max_fanout || p->w.n_in > c->cfg.max_in)
         die("matmul of %d x %lld exceeds the scratch sized at load (%d x %lld)", p->n_tok,
-            (long long)p->w.n_in, c->cfg.max_batch * c->cfg.max_fanout,
-            (long long)c->cfg.max_in);
+            (long long)p->w.n_in, c->cfg.max_batch * c->cfg.max_fanout, (long long)c->cfg.max_in);
     if (!qtype_traits(p->w.type) || !qtype_traits(p->w.type)->vec_dot)
         die("matmul on unsupported type %u", p->w.type);
 }
@@ -486,7 +485,8 @@ FMA_CLONES static void rope_rotate(float *h, const float *cs, int n_rot, enum ro
 void cpu_rope(float *x, int n_tok, int n_head, int64_t head_stride, int64_t row_stride,
               const int32_t *pos, const struct rope_params *rp, const float *freq_factors) {
     float cs[ROPE_MAX_DIMS];
-    if (rp->n_rot > ROPE_MAX_DIMS) die("rope over %d dimensions (at most %d)", rp->n_rot, ROPE_MAX_DIMS);
+    if (rp->n_rot > ROPE_MAX_DIMS)
+        die("rope over %d dimensions (at most %d)", rp->n_rot, ROPE_MAX_DIMS);
     for (int t = 0; t < n_tok; t++) {
         rope_angles((float)pos[t], rp, freq_factors, cs);
         for (int h = 0; h < n_head; h++)

@@ -23,12 +23,12 @@ struct cpu_ctx;
 
 struct cpu_config {
     int n_threads;
-    int max_batch;      /* most tokens one forward batch holds */
-    int max_fanout;     /* input rows per token one product may see (experts per token) */
-    int64_t max_in;     /* longest input row of any matrix */
+    int max_batch;             /* most tokens one forward batch holds */
+    int max_fanout;            /* input rows per token one product may see (experts per token) */
+    int64_t max_in;            /* longest input row of any matrix */
     int64_t max_act_per_token; /* input values per token of the widest cpu_matmul_many call */
-    int max_ctx;        /* longest sequence attention looks at */
-    int max_head_dim;   /* widest attention head (values) */
+    int max_ctx;               /* longest sequence attention looks at */
+    int max_head_dim;          /* widest attention head (values) */
     int blas_min_batch; /* batches this large use dequantized tiles + sgemm (when built in) */
 };
 
@@ -74,7 +74,7 @@ enum rope_mode { ROPE_NORM = 0, ROPE_NEOX = 2 }; /* ggml's mode values */
 
 struct rope_params {
     enum rope_mode mode;
-    int n_rot;        /* dimensions rotated per head (the first n_rot) */
+    int n_rot; /* dimensions rotated per head (the first n_rot) */
     float freq_base;
     float freq_scale; /* 1 / scaling factor (linear or YaRN) */
     /* YaRN: ext_factor 0 turns it off; corr_dims from cpu_rope_yarn_corr_dims; attn_factor

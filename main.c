@@ -278,7 +278,8 @@ static const char *accepted_flags(const char *cmd) {
 
 static const char *const valued_flags =
     " -m --model -p --prompt -f --file --tokens --logits -n --n-predict -c --ctx-size -t"
-    " --threads --blas-batch --prefill --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n"
+    " --threads --blas-batch --prefill --temp --top-k --top-p --min-p --repeat-penalty "
+    "--repeat-last-n"
     " --seed --system --template ";
 
 static int in_list(const char *list, const char *flag) {
@@ -317,8 +318,8 @@ static int parse_args(struct options *o, int argc, char **argv) {
  * binary (models/ next to it, as in the source tree, or ../share/moerun/ once installed). */
 static int find_builtin_model(char *path, size_t cap) {
     static const char *const candidates[] = {"%s/models/tinyseek-kjv-q8_0.gguf",
-                                              "%s/../models/tinyseek-kjv-q8_0.gguf",
-                                              "%s/../share/moerun/tinyseek-kjv-q8_0.gguf"};
+                                             "%s/../models/tinyseek-kjv-q8_0.gguf",
+                                             "%s/../share/moerun/tinyseek-kjv-q8_0.gguf"};
     const char *env = getenv("MOERUN_MODEL");
     if (env && env[0]) {
         snprintf(path, cap, "%s", env);
@@ -384,8 +385,7 @@ static int parse_token_list(const char *s, int32_t **out, int *n_out) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX ||
-            (*end && !strchr(", \t\n\r", *end))) {
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && !strchr(", \t\n\r", *end))) {
             err_set("token ids: '%.40s' is not a list of token ids (numbers separated by commas "
                     "or spaces)",
                     s);
@@ -513,8 +513,8 @@ static int apply_chat_template(const struct model *m, const struct options *o, c
     msgs[n++] = (struct chat_msg){"user", *text};
     char *bos = token_text(m->tok, tokenizer_bos(m->tok));
     char *eos = token_text(m->tok, tokenizer_eos(m->tok));
-    struct chat_opts opts = {.add_generation_prompt = 1, .thinking = 1, .bos_text = bos,
-                             .eos_text = eos};
+    struct chat_opts opts = {
+        .add_generation_prompt = 1, .thinking = 1, .bos_text = bos, .eos_text = eos};
     char *out = NULL;
     size_t out_len = 0;
     rc = chat_render(f, msgs, n, &opts, &out, &out_len);
@@ -788,11 +788,13 @@ static void print_experts(const struct model *m) {
     const struct hparams *hp = &m->hp;
     if (!hp->n_expert) return;
     printf("experts: %u, %u used per token, %u shared, width %u", hp->n_expert, hp->n_expert_used,
-           hp->n_expert_shared ? hp->n_expert_shared : (m->layers[hp->n_layer - 1].w[W_FFN_DOWN_SHEXP].t ? 1 : 0),
+           hp->n_expert_shared ? hp->n_expert_shared
+                               : (m->layers[hp->n_layer - 1].w[W_FFN_DOWN_SHEXP].t ? 1 : 0),
            hp->n_ff_exp);
     if (hp->n_dense_lead) printf(", after %u dense layers", hp->n_dense_lead);
     printf("\n");
-    printf("routing: %s%s, weights %s, scale %g", hp->gating == MOE_GATING_SIGMOID ? "sigmoid" : "softmax",
+    printf("routing: %s%s, weights %s, scale %g",
+           hp->gating == MOE_GATING_SIGMOID ? "sigmoid" : "softmax",
            m->layers[hp->n_layer - 1].w[W_FFN_EXP_PROBS_B].t ? " + selection bias" : "",
            m->router.norm_weights ? "renormalized" : "as scored",
            (double)(m->router.weights_scale ? m->router.weights_scale : 1.0f));
@@ -805,8 +807,7 @@ static void print_attention(const struct model *m) {
     if (m->ag.mla) {
         printf("attention: MLA, %u heads, q_lora %u, kv_lora %u, qk %u (rope %u), v %u%s\n",
                hp->n_head, hp->q_lora, hp->kv_lora, hp->head_dim_k_mla, hp->n_rot,
-               hp->head_dim_v_mla,
-               m->layers[0].k_b_derived ? ", attn_kv_b split at load" : "");
+               hp->head_dim_v_mla, m->layers[0].k_b_derived ? ", attn_kv_b split at load" : "");
     } else {
         printf("attention: %u heads (kv %u), head width k %u v %u\n", hp->n_head, hp->n_head_kv,
                hp->head_dim, hp->head_dim_v);
@@ -895,10 +896,14 @@ static int show_tokens(const struct tokenizer *tok, const int32_t *ids, int64_t 
         printf("%d\t'", ids[i]);
         for (int k = 0; k < len; k++) {
             unsigned char c = (unsigned char)piece[k];
-            if (c == '\n') fputs("\\n", stdout);
-            else if (c == '\t') fputs("\\t", stdout);
-            else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
-            else putchar(c);
+            if (c == '\n')
+                fputs("\\n", stdout);
+            else if (c == '\t')
+                fputs("\\t", stdout);
+            else if (c < 0x20 || c == 0x7f)
+                printf("\\x%02x", c);
+            else
+                putchar(c);
         }
         printf("'\n");
     }
@@ -925,7 +930,8 @@ static int tokenize_text(const struct tokenizer *tok, const struct options *o, c
     int32_t *ids = NULL;
     int64_t n = tokenizer_encode(tok, text, len, o->add_bos, o->special, &ids);
     int rc = n < 0 ? -1 : 0;
-    if (rc == 0 && o->show) rc = show_tokens(tok, ids, n);
+    if (rc == 0 && o->show)
+        rc = show_tokens(tok, ids, n);
     else if (rc == 0) {
         for (int64_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
@@ -941,7 +947,8 @@ static int cmd_tokenize(struct options *o) {
     char *text = NULL;
     size_t len = 0;
     int rc = tok ? input_text(o, &text, &len) : -1;
-    if (rc == 0) rc = o->detok ? detokenize(tok, text, o->special) : tokenize_text(tok, o, text, len);
+    if (rc == 0)
+        rc = o->detok ? detokenize(tok, text, o->special) : tokenize_text(tok, o, text, len);
     free(text);
     tokenizer_free(tok);
     gguf_close(&f);

@@ -44,15 +44,15 @@ enum dim {
 enum need {
     N_ALWAYS,
     N_OPTIONAL,
-    N_DENSE,       /* the dense feed-forward of a non-MoE layer */
-    N_MOE,         /* router and routed experts of a MoE layer */
-    N_MOE_SPLIT,   /* separate gate and up experts (no fused ffn_gate_up_exps) */
-    N_MOE_OPT,     /* optional in a MoE layer */
-    N_SHEXP,       /* shared expert of a MoE layer, where the model has one */
-    N_Q_LORA,      /* deepseek2 with q_lora_rank > 0 */
-    N_NO_Q_LORA,   /* deepseek2 without */
-    N_MLA_SPLIT,   /* deepseek2 files with attn_k_b / attn_v_b */
-    N_MLA_LEGACY,  /* older deepseek2 files with one attn_kv_b */
+    N_DENSE,      /* the dense feed-forward of a non-MoE layer */
+    N_MOE,        /* router and routed experts of a MoE layer */
+    N_MOE_SPLIT,  /* separate gate and up experts (no fused ffn_gate_up_exps) */
+    N_MOE_OPT,    /* optional in a MoE layer */
+    N_SHEXP,      /* shared expert of a MoE layer, where the model has one */
+    N_Q_LORA,     /* deepseek2 with q_lora_rank > 0 */
+    N_NO_Q_LORA,  /* deepseek2 without */
+    N_MLA_SPLIT,  /* deepseek2 files with attn_k_b / attn_v_b */
+    N_MLA_LEGACY, /* older deepseek2 files with one attn_kv_b */
 };
 
 struct tensor_spec {
@@ -63,8 +63,14 @@ struct tensor_spec {
     enum dim shape[3]; /* ggml order: shape[0] is the row length */
 };
 
-#define GLOBAL(slot, name, need, ...) {slot, name, need, 0, {__VA_ARGS__}}
-#define LAYER(slot, name, need, ...) {slot, "blk.%d." name, need, 1, {__VA_ARGS__}}
+#define GLOBAL(slot, name, need, ...)                                                              \
+    {                                                                                              \
+        slot, name, need, 0, { __VA_ARGS__ }                                                       \
+    }
+#define LAYER(slot, name, need, ...)                                                               \
+    {                                                                                              \
+        slot, "blk.%d." name, need, 1, { __VA_ARGS__ }                                             \
+    }
 
 #define EMBEDDINGS                                                                                 \
     GLOBAL(W_TOKEN_EMBD, "token_embd.weight", N_ALWAYS, D_EMBD, D_VOCAB),                          \
@@ -79,7 +85,8 @@ struct tensor_spec {
         LAYER(W_ATTN_OUT, "attn_output.weight", N_ALWAYS, D_ATTN_O, D_EMBD)
 
 #define QKV_BIASES(need)                                                                           \
-    LAYER(W_ATTN_Q_BIAS, "attn_q.bias", need, D_Q), LAYER(W_ATTN_K_BIAS, "attn_k.bias", need, D_K), \
+    LAYER(W_ATTN_Q_BIAS, "attn_q.bias", need, D_Q),                                                \
+        LAYER(W_ATTN_K_BIAS, "attn_k.bias", need, D_K),                                            \
         LAYER(W_ATTN_V_BIAS, "attn_v.bias", need, D_V)
 
 #define DENSE_FFN                                                                                  \
@@ -102,16 +109,16 @@ struct tensor_spec {
         LAYER(W_FFN_DOWN_SHEXP, "ffn_down_shexp.weight", N_SHEXP, D_FF_SHEXP, D_EMBD)
 
 static const struct tensor_spec llama_tensors[] = {
-    EMBEDDINGS,
-    GLOBAL(W_ROPE_FREQS, "rope_freqs.weight", N_OPTIONAL, D_ROT_2), /* Llama 3.1 */
-    GQA_ATTENTION,
-    QKV_BIASES(N_OPTIONAL),
-    DENSE_FFN,
-    ROUTED_EXPERTS, /* Mixtral: llama with expert_count */
+    EMBEDDINGS,    GLOBAL(W_ROPE_FREQS, "rope_freqs.weight", N_OPTIONAL, D_ROT_2), /* Llama 3.1 */
+    GQA_ATTENTION, QKV_BIASES(N_OPTIONAL),
+    DENSE_FFN,     ROUTED_EXPERTS, /* Mixtral: llama with expert_count */
 };
 
 static const struct tensor_spec qwen2_tensors[] = {
-    EMBEDDINGS, GQA_ATTENTION, QKV_BIASES(N_ALWAYS), DENSE_FFN,
+    EMBEDDINGS,
+    GQA_ATTENTION,
+    QKV_BIASES(N_ALWAYS),
+    DENSE_FFN,
 };
 
 static const struct tensor_spec qwen2moe_tensors[] = {
@@ -158,10 +165,10 @@ struct arch_info {
     const struct tensor_spec *tensors;
     size_t n_tensors;
     enum rope_mode rope_mode;
-    int mla;             /* multi-head latent attention (deepseek2) */
-    int shexp_gated;     /* shared expert scaled by sigmoid(ffn_gate_inp_shexp . x) */
-    int shexp_always;    /* a shared expert in every MoE layer, whatever expert_shared_count says */
-    int norm_w_default;  /* renormalize the chosen weights unless expert_weights_norm says */
+    int mla;            /* multi-head latent attention (deepseek2) */
+    int shexp_gated;    /* shared expert scaled by sigmoid(ffn_gate_inp_shexp . x) */
+    int shexp_always;   /* a shared expert in every MoE layer, whatever expert_shared_count says */
+    int norm_w_default; /* renormalize the chosen weights unless expert_weights_norm says */
     int n_ff_exp_is_n_ff; /* experts as wide as feed_forward_length (Mixtral in llama files) */
 };
 
@@ -324,8 +331,8 @@ static void fill_router(struct model *m) {
     const struct hparams *hp = &m->hp;
     char key[128];
     snprintf(key, sizeof key, "%s.expert_weights_norm", m->arch_name);
-    int norm = gguf_find_kv(&m->file, key) ? hp->expert_weights_norm
-                                           : arches[m->arch].norm_w_default;
+    int norm =
+        gguf_find_kv(&m->file, key) ? hp->expert_weights_norm : arches[m->arch].norm_w_default;
     m->router = (struct moe_router_cfg){
         .n_expert = (int)hp->n_expert,
         .n_expert_used = (int)hp->n_expert_used,
@@ -359,29 +366,52 @@ static int read_hparams(struct model *m) {
 static int64_t dim_value(const struct hparams *hp, enum dim d) {
     int64_t nope = (int64_t)hp->head_dim_k_mla - hp->n_rot;
     switch (d) {
-    case D_ONE: return 1;
-    case D_EMBD: return hp->n_embd;
-    case D_VOCAB: return hp->n_vocab;
-    case D_FF: return hp->n_ff;
-    case D_Q: return (int64_t)hp->n_head * hp->head_dim;
-    case D_K: return (int64_t)hp->n_head_kv * hp->head_dim;
-    case D_V: return (int64_t)hp->n_head_kv * hp->head_dim_v;
-    case D_ATTN_O: return (int64_t)hp->n_head * hp->head_dim_v;
-    case D_HEAD: return hp->head_dim;
-    case D_ROT_2: return hp->n_rot / 2;
-    case D_EXPERT: return hp->n_expert;
-    case D_FF_EXP: return hp->n_ff_exp;
-    case D_FF_EXP_2: return 2 * (int64_t)hp->n_ff_exp;
-    case D_FF_SHEXP: return hp->n_ff_shexp;
-    case D_Q_LORA: return hp->q_lora;
-    case D_KV_LORA: return hp->kv_lora;
-    case D_KV_A: return (int64_t)hp->kv_lora + hp->n_rot;
-    case D_Q_MLA: return (int64_t)hp->n_head * hp->head_dim_k_mla;
-    case D_QK_NOPE: return nope;
-    case D_V_MLA: return hp->head_dim_v_mla;
-    case D_HEADS: return hp->n_head;
-    case D_KV_B: return (int64_t)hp->n_head * (nope + hp->head_dim_v_mla);
-    case D_O_MLA: return (int64_t)hp->n_head * hp->head_dim_v_mla;
+    case D_ONE:
+        return 1;
+    case D_EMBD:
+        return hp->n_embd;
+    case D_VOCAB:
+        return hp->n_vocab;
+    case D_FF:
+        return hp->n_ff;
+    case D_Q:
+        return (int64_t)hp->n_head * hp->head_dim;
+    case D_K:
+        return (int64_t)hp->n_head_kv * hp->head_dim;
+    case D_V:
+        return (int64_t)hp->n_head_kv * hp->head_dim_v;
+    case D_ATTN_O:
+        return (int64_t)hp->n_head * hp->head_dim_v;
+    case D_HEAD:
+        return hp->head_dim;
+    case D_ROT_2:
+        return hp->n_rot / 2;
+    case D_EXPERT:
+        return hp->n_expert;
+    case D_FF_EXP:
+        return hp->n_ff_exp;
+    case D_FF_EXP_2:
+        return 2 * (int64_t)hp->n_ff_exp;
+    case D_FF_SHEXP:
+        return hp->n_ff_shexp;
+    case D_Q_LORA:
+        return hp->q_lora;
+    case D_KV_LORA:
+        return hp->kv_lora;
+    case D_KV_A:
+        return (int64_t)hp->kv_lora + hp->n_rot;
+    case D_Q_MLA:
+        return (int64_t)hp->n_head * hp->head_dim_k_mla;
+    case D_QK_NOPE:
+        return nope;
+    case D_V_MLA:
+        return hp->head_dim_v_mla;
+    case D_HEADS:
+        return hp->n_head;
+    case D_KV_B:
+        return (int64_t)hp->n_head * (nope + hp->head_dim_v_mla);
+    case D_O_MLA:
+        return (int64_t)hp->n_head * hp->head_dim_v_mla;
     }
     return -1;
 }
@@ -396,8 +426,7 @@ static int check_shape(const struct model *m, const struct gguf_tensor *t,
                     "hyper-parameters say [%lld, %lld, %lld, %lld]",
                     m->file.path, (int)t->name.len, t->name.data, (long long)t->ne[0],
                     (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
-                    (long long)want[0], (long long)want[1], (long long)want[2],
-                    (long long)want[3]);
+                    (long long)want[0], (long long)want[1], (long long)want[2], (long long)want[3]);
             return -1;
         }
     }
@@ -428,17 +457,28 @@ static int required(const struct model *m, const struct layout *lo, enum need ne
     const struct hparams *hp = &m->hp;
     int moe = il >= 0 && m->layers[il].is_moe;
     switch (need) {
-    case N_ALWAYS: return 1;
-    case N_OPTIONAL: return 0;
-    case N_DENSE: return !moe;
-    case N_MOE: return moe;
-    case N_MOE_SPLIT: return moe && !lo->fused_gate_up;
-    case N_MOE_OPT: return 0;
-    case N_SHEXP: return moe && (arches[m->arch].shexp_always || hp->n_expert_shared > 0);
-    case N_Q_LORA: return hp->q_lora > 0;
-    case N_NO_Q_LORA: return hp->q_lora == 0;
-    case N_MLA_SPLIT: return !lo->mla_legacy;
-    case N_MLA_LEGACY: return lo->mla_legacy;
+    case N_ALWAYS:
+        return 1;
+    case N_OPTIONAL:
+        return 0;
+    case N_DENSE:
+        return !moe;
+    case N_MOE:
+        return moe;
+    case N_MOE_SPLIT:
+        return moe && !lo->fused_gate_up;
+    case N_MOE_OPT:
+        return 0;
+    case N_SHEXP:
+        return moe && (arches[m->arch].shexp_always || hp->n_expert_shared > 0);
+    case N_Q_LORA:
+        return hp->q_lora > 0;
+    case N_NO_Q_LORA:
+        return hp->q_lora == 0;
+    case N_MLA_SPLIT:
+        return !lo->mla_legacy;
+    case N_MLA_LEGACY:
+        return lo->mla_legacy;
     }
     return 0;
 }
@@ -451,8 +491,8 @@ static int applicable(const struct model *m, enum need need, int il) {
     return 1;
 }
 
-static int bind_one(struct model *m, const struct layout *lo, const struct tensor_spec *s,
-                    int il, struct weight *w) {
+static int bind_one(struct model *m, const struct layout *lo, const struct tensor_spec *s, int il,
+                    struct weight *w) {
     char name[96];
     snprintf(name, sizeof name, s->name, il);
     memset(w, 0, sizeof *w);
@@ -466,8 +506,8 @@ static int bind_one(struct model *m, const struct layout *lo, const struct tenso
     }
     if (check_shape(m, t, s) < 0 || check_type(m, t, s) < 0) return -1;
     w->t = t;
-    w->m = (struct cpu_matrix){t->data, t->type, t->ne[0], t->ne[1],
-                               qtype_row_size(t->type, t->ne[0]), 0};
+    w->m = (struct cpu_matrix){
+        t->data, t->type, t->ne[0], t->ne[1], qtype_row_size(t->type, t->ne[0]), 0};
     return 0;
 }
 
@@ -540,9 +580,13 @@ static void setup_attention(struct model *m) {
         cpu_rope_yarn_corr_dims((int)hp->n_rot, (int)hp->n_ctx_orig, hp->rope_freq_base,
                                 hp->yarn_beta_fast, hp->yarn_beta_slow, m->rope.corr_dims);
     if (!arches[m->arch].mla) {
-        *g = (struct attn_geometry){0, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->head_dim_v,
+        *g = (struct attn_geometry){0,
+                                    (int)hp->n_head_kv,
+                                    (int)hp->head_dim,
+                                    (int)hp->head_dim_v,
                                     (int64_t)hp->n_head_kv * hp->head_dim,
-                                    (int64_t)hp->n_head_kv * hp->head_dim_v, 0,
+                                    (int64_t)hp->n_head_kv * hp->head_dim_v,
+                                    0,
                                     1.0f / sqrtf((float)hp->head_dim)};
         return;
     }
@@ -550,7 +594,12 @@ static void setup_attention(struct model *m) {
     float attn_factor_org = attn_factor * (1.0f + 0.1f * log_inv_scale);
     float mscale = attn_factor_org * (1.0f + 0.1f * yarn_log_mul * log_inv_scale);
     int latent = (int)(hp->kv_lora + hp->n_rot);
-    *g = (struct attn_geometry){1, 1, latent, (int)hp->kv_lora, latent, 0,
+    *g = (struct attn_geometry){1,
+                                1,
+                                latent,
+                                (int)hp->kv_lora,
+                                latent,
+                                0,
                                 (int)(hp->head_dim_k_mla - hp->n_rot),
                                 mscale * mscale / sqrtf((float)hp->head_dim_k_mla)};
 }
@@ -609,7 +658,8 @@ static void count_params(struct model *m) {
     for (uint32_t l = 0; l < m->hp.n_layer; l++)
         for (size_t k = 0; k < sizeof routed / sizeof routed[0]; k++) {
             const struct gguf_tensor *t = m->layers[l].w[routed[k]].t;
-            if (t) unused += n_elements(t) / m->hp.n_expert * (m->hp.n_expert - m->hp.n_expert_used);
+            if (t)
+                unused += n_elements(t) / m->hp.n_expert * (m->hp.n_expert - m->hp.n_expert_used);
         }
     m->n_params = total;
     m->n_params_active = total - unused;
@@ -649,8 +699,8 @@ uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size) {
 
 /* ---- describing a model's tensors (generators, converters) ---- */
 
-static int describe_one(const struct model *m, const struct layout *lo,
-                        const struct tensor_spec *s, int il, struct tensor_desc *d) {
+static int describe_one(const struct model *m, const struct layout *lo, const struct tensor_spec *s,
+                        int il, struct tensor_desc *d) {
     if (!applicable(m, s->need, il) || !required(m, lo, s->need, il)) return 0;
     snprintf(d->name, sizeof d->name, s->name, il);
     d->n_dims = s->shape[2] != D_ONE ? 3 : s->shape[1] != D_ONE ? 2 : 1;
@@ -684,7 +734,8 @@ int model_describe_tensors(const char *arch, const struct hparams *hp, int legac
             n += (size_t)describe_one(&m, &lo, s, -1, &d[n]);
             continue;
         }
-        for (uint32_t l = 0; l < hp->n_layer; l++) n += (size_t)describe_one(&m, &lo, s, (int)l, &d[n]);
+        for (uint32_t l = 0; l < hp->n_layer; l++)
+            n += (size_t)describe_one(&m, &lo, s, (int)l, &d[n]);
     }
     free(m.layers);
     *out = d;
@@ -729,8 +780,10 @@ static void alloc_scratch(struct model *m) {
     const struct hparams *hp = &m->hp;
     struct widths w = scratch_widths(m);
     size_t B = (size_t)m->max_batch, used = hp->n_expert_used ? hp->n_expert_used : 1;
-    m->k_cache = xcalloc((size_t)hp->n_layer * (size_t)m->n_ctx * (size_t)m->ag.kv_k, sizeof(float));
-    m->v_cache = xcalloc((size_t)hp->n_layer * (size_t)m->n_ctx * (size_t)m->ag.kv_v, sizeof(float));
+    m->k_cache =
+        xcalloc((size_t)hp->n_layer * (size_t)m->n_ctx * (size_t)m->ag.kv_k, sizeof(float));
+    m->v_cache =
+        xcalloc((size_t)hp->n_layer * (size_t)m->n_ctx * (size_t)m->ag.kv_v, sizeof(float));
     m->x = xaligned_alloc(B * hp->n_embd * sizeof(float));
     m->xb = xaligned_alloc(B * hp->n_embd * sizeof(float));
     m->proj = xaligned_alloc(B * hp->n_embd * sizeof(float));
@@ -779,10 +832,29 @@ int model_init(struct model *m, const struct model_params *p) {
 
 void model_free(struct model *m) {
     cpu_free(m->cpu);
-    void *bufs[] = {m->k_cache, m->v_cache, m->x, m->xb, m->proj, m->q, m->q_att, m->kv, m->v,
-                    m->att, m->att_v, m->gate, m->up, m->moe_in, m->moe_out, m->router_logits,
-                    m->expert_w, m->expert_ids, m->expert_rows, m->expert_start,
-                    m->router_scratch, m->shexp_gate, m->pos};
+    void *bufs[] = {m->k_cache,
+                    m->v_cache,
+                    m->x,
+                    m->xb,
+                    m->proj,
+                    m->q,
+                    m->q_att,
+                    m->kv,
+                    m->v,
+                    m->att,
+                    m->att_v,
+                    m->gate,
+                    m->up,
+                    m->moe_in,
+                    m->moe_out,
+                    m->router_logits,
+                    m->expert_w,
+                    m->expert_ids,
+                    m->expert_rows,
+                    m->expert_start,
+                    m->router_scratch,
+                    m->shexp_gate,
+                    m->pos};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (uint32_t l = 0; m->layers && l < m->hp.n_layer; l++) free(m->layers[l].k_b_derived);
     free(m->layers);
@@ -798,8 +870,8 @@ static const float *vec(const struct weight *w) { return (const float *)w->m.dat
 /* Matrix `index` of a 3-D tensor (an expert or a head), rows [r0, r0 + n_out). */
 static struct cpu_matrix slice(const struct weight *w, int64_t index, int64_t r0, int64_t n_out) {
     struct cpu_matrix s = w->m;
-    s.data = (const uint8_t *)w->m.data + ((size_t)index * (size_t)w->t->ne[1] + (size_t)r0) *
-                                              w->m.row_bytes;
+    s.data = (const uint8_t *)w->m.data +
+             ((size_t)index * (size_t)w->t->ne[1] + (size_t)r0) * w->m.row_bytes;
     s.n_out = n_out;
     return s;
 }
@@ -841,26 +913,36 @@ static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     memcpy(v_cache + (size_t)pos0 * (size_t)g->kv_v, m->v, (size_t)n_tok * (size_t)g->kv_v * 4);
 
     struct attn_args a = {
-        .q = m->q, .k_cache = k_cache, .v_cache = v_cache, .out = m->att,
-        .q_stride = q_row, .k_stride = g->kv_k, .v_stride = g->kv_v,
-        .out_stride = (int64_t)hp->n_head * hp->head_dim_v, .n_tok = n_tok, .pos0 = pos0,
-        .n_head = (int)hp->n_head, .n_head_kv = (int)hp->n_head_kv,
-        .head_dim = (int)hp->head_dim, .head_dim_v = (int)hp->head_dim_v, .scale = g->kq_scale,
+        .q = m->q,
+        .k_cache = k_cache,
+        .v_cache = v_cache,
+        .out = m->att,
+        .q_stride = q_row,
+        .k_stride = g->kv_k,
+        .v_stride = g->kv_v,
+        .out_stride = (int64_t)hp->n_head * hp->head_dim_v,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)hp->n_head,
+        .n_head_kv = (int)hp->n_head_kv,
+        .head_dim = (int)hp->head_dim,
+        .head_dim_v = (int)hp->head_dim_v,
+        .scale = g->kq_scale,
     };
     cpu_attention(m->cpu, &a);
     matmul(m, &L->w[W_ATTN_OUT], m->att, n_tok, m->proj);
 }
 
 /* One product per head: head h of every token row (strides in floats) times matrix h. */
-static void per_head(struct model *m, const struct cpu_matrix *mats, const float *x,
-                     int64_t x_head, int64_t x_row, float *y, int64_t y_head, int64_t y_row,
-                     int n_tok) {
+static void per_head(struct model *m, const struct cpu_matrix *mats, const float *x, int64_t x_head,
+                     int64_t x_row, float *y, int64_t y_head, int64_t y_row, int n_tok) {
     struct cpu_product p[CPU_MAX_PRODUCTS];
     int n_head = (int)m->hp.n_head;
     if (n_head > CPU_MAX_PRODUCTS) die("%d heads (at most %d)", n_head, CPU_MAX_PRODUCTS);
     for (int h = 0; h < n_head; h++)
-        p[h] = (struct cpu_product){mats[h], x + (size_t)h * (size_t)x_head, x_row,
-                                    y + (size_t)h * (size_t)y_head, y_row, n_tok};
+        p[h] = (struct cpu_product){mats[h], x + (size_t)h * (size_t)x_head,
+                                    x_row,   y + (size_t)h * (size_t)y_head,
+                                    y_row,   n_tok};
     cpu_matmul_many(m->cpu, p, n_head);
 }
 
@@ -904,7 +986,11 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     for (uint32_t h = 0; h < hp->n_head; h++)
         mats[h] = L->k_b_derived
                       ? (struct cpu_matrix){L->k_b_derived + (size_t)h * (size_t)(lora * nope),
-                                            QT_F32, nope, lora, (size_t)nope * 4, 0}
+                                            QT_F32,
+                                            nope,
+                                            lora,
+                                            (size_t)nope * 4,
+                                            0}
                       : slice(&L->w[W_ATTN_K_B], h, 0, lora);
     per_head(m, mats, m->q, q_head, q_row, m->q_att, latent, qa_row, n_tok);
     for (int t = 0; t < n_tok; t++)
@@ -914,26 +1000,36 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
                    (size_t)rot * 4);
 
     struct attn_args a = {
-        .q = m->q_att, .k_cache = cache, .v_cache = cache, .out = m->att, .q_stride = qa_row,
-        .k_stride = latent, .v_stride = latent, .out_stride = (int64_t)hp->n_head * lora,
-        .n_tok = n_tok, .pos0 = pos0, .n_head = (int)hp->n_head, .n_head_kv = 1,
-        .head_dim = (int)latent, .head_dim_v = (int)lora, .scale = g->kq_scale,
+        .q = m->q_att,
+        .k_cache = cache,
+        .v_cache = cache,
+        .out = m->att,
+        .q_stride = qa_row,
+        .k_stride = latent,
+        .v_stride = latent,
+        .out_stride = (int64_t)hp->n_head * lora,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)hp->n_head,
+        .n_head_kv = 1,
+        .head_dim = (int)latent,
+        .head_dim_v = (int)lora,
+        .scale = g->kq_scale,
     };
     cpu_attention(m->cpu, &a);
 
     int64_t v_dim = hp->head_dim_v_mla, v_row = (int64_t)hp->n_head * v_dim;
     for (uint32_t h = 0; h < hp->n_head; h++)
-        mats[h] = L->k_b_derived ? slice(&L->w[W_ATTN_KV_B], 0, (int64_t)h * (nope + v_dim) + nope,
-                                         v_dim)
-                                 : slice(&L->w[W_ATTN_V_B], h, 0, v_dim);
+        mats[h] = L->k_b_derived
+                      ? slice(&L->w[W_ATTN_KV_B], 0, (int64_t)h * (nope + v_dim) + nope, v_dim)
+                      : slice(&L->w[W_ATTN_V_B], h, 0, v_dim);
     per_head(m, mats, m->att, lora, (int64_t)hp->n_head * lora, m->att_v, v_dim, v_row, n_tok);
     matmul(m, &L->w[W_ATTN_OUT], m->att_v, n_tok, m->proj);
 }
 
 static void attention_block(struct model *m, int il, int n_tok, int pos0) {
     const struct hparams *hp = &m->hp;
-    cpu_rmsnorm(m->xb, m->x, vec(&m->layers[il].w[W_ATTN_NORM]), hp->n_embd, n_tok,
-                hp->norm_eps);
+    cpu_rmsnorm(m->xb, m->x, vec(&m->layers[il].w[W_ATTN_NORM]), hp->n_embd, n_tok, hp->norm_eps);
     if (m->ag.mla)
         mla_attention(m, il, n_tok, pos0);
     else
@@ -980,8 +1076,12 @@ static void expert_products(struct model *m, const struct weight *w, int64_t r0,
             cpu_matmul_many(m->cpu, p, n);
             n = 0;
         }
-        p[n++] = (struct cpu_product){slice(w, e, r0, n_out), x + (size_t)start * (size_t)n_in,
-                                      n_in, y + (size_t)start * (size_t)n_out, n_out, count};
+        p[n++] = (struct cpu_product){slice(w, e, r0, n_out),
+                                      x + (size_t)start * (size_t)n_in,
+                                      n_in,
+                                      y + (size_t)start * (size_t)n_out,
+                                      n_out,
+                                      count};
     }
     cpu_matmul_many(m->cpu, p, n);
 }
@@ -994,18 +1094,18 @@ static void routed_experts(struct model *m, const struct model_layer *L, int n_t
     int64_t E = hp->n_embd, F = hp->n_ff_exp;
     route_tokens(m, L, n_tok);
     for (int i = 0; i < slots; i++)
-        memcpy(m->moe_in + (size_t)i * (size_t)E, m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E,
-               (size_t)E * 4);
+        memcpy(m->moe_in + (size_t)i * (size_t)E,
+               m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
     int fused = L->w[W_FFN_GATE_UP_EXPS].t != NULL;
-    expert_products(m, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0, F,
-                    m->moe_in, E, m->gate);
+    expert_products(m, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0, F, m->moe_in,
+                    E, m->gate);
     expert_products(m, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_UP_EXPS], fused ? F : 0, F,
                     m->moe_in, E, m->up);
     cpu_swiglu(m->gate, m->gate, m->up, (int64_t)slots * F);
     expert_products(m, &L->w[W_FFN_DOWN_EXPS], 0, E, m->gate, F, m->moe_in);
     for (int i = 0; i < slots; i++) /* back to (token, choice) order */
-        memcpy(m->moe_out + (size_t)m->expert_rows[i] * (size_t)E, m->moe_in + (size_t)i * (size_t)E,
-               (size_t)E * 4);
+        memcpy(m->moe_out + (size_t)m->expert_rows[i] * (size_t)E,
+               m->moe_in + (size_t)i * (size_t)E, (size_t)E * 4);
     for (int t = 0; t < n_tok; t++) {
         float *o = out + (size_t)t * (size_t)E;
         for (int64_t d = 0; d < E; d++) {
@@ -1032,7 +1132,8 @@ static void shared_experts(struct model *m, const struct model_layer *L, int n_t
         cpu_matmul(m->cpu, &g, m->xb, n_tok, m->shexp_gate);
         cpu_sigmoid(m->shexp_gate, m->shexp_gate, n_tok);
         for (int t = 0; t < n_tok; t++)
-            for (int64_t d = 0; d < E; d++) m->moe_in[(size_t)t * (size_t)E + (size_t)d] *= m->shexp_gate[t];
+            for (int64_t d = 0; d < E; d++)
+                m->moe_in[(size_t)t * (size_t)E + (size_t)d] *= m->shexp_gate[t];
     }
     cpu_add(out, m->moe_in, (int64_t)n_tok * E);
 }
@@ -1042,8 +1143,8 @@ static void ffn_block(struct model *m, int il, int n_tok) {
     const struct model_layer *L = &m->layers[il];
     cpu_rmsnorm(m->xb, m->x, vec(&L->w[W_FFN_NORM]), hp->n_embd, n_tok, hp->norm_eps);
     if (!L->is_moe) {
-        swiglu_ffn(m, &L->w[W_FFN_GATE], &L->w[W_FFN_UP], &L->w[W_FFN_DOWN], m->xb, n_tok,
-                   hp->n_ff, m->proj);
+        swiglu_ffn(m, &L->w[W_FFN_GATE], &L->w[W_FFN_UP], &L->w[W_FFN_DOWN], m->xb, n_tok, hp->n_ff,
+                   m->proj);
     } else {
         routed_experts(m, L, n_tok, m->proj);
         if (L->w[W_FFN_DOWN_SHEXP].t) shared_experts(m, L, n_tok, m->proj);

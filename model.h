@@ -102,12 +102,12 @@ struct model_layer {
 /* Widths of the attention as computed (MLA attends over the latent cache). */
 struct attn_geometry {
     int mla;
-    int n_head_kv;  /* heads of the cache: 1 for MLA */
-    int q_head;     /* per-head query width in the attention */
-    int v_head;     /* per-head attention output width */
-    int64_t kv_k;   /* floats per token per layer in the key cache */
-    int64_t kv_v;   /* floats per token per layer in the value cache (0: values in key rows) */
-    int qk_nope;    /* MLA: the part of each query head without rope */
+    int n_head_kv; /* heads of the cache: 1 for MLA */
+    int q_head;    /* per-head query width in the attention */
+    int v_head;    /* per-head attention output width */
+    int64_t kv_k;  /* floats per token per layer in the key cache */
+    int64_t kv_v;  /* floats per token per layer in the value cache (0: values in key rows) */
+    int qk_nope;   /* MLA: the part of each query head without rope */
     float kq_scale;
 };
 
@@ -129,29 +129,29 @@ struct model {
     int n_ctx;
     int max_batch;
     struct cpu_ctx *cpu;
-    float *k_cache; /* (n_layer, n_ctx, kv_k) */
-    float *v_cache; /* (n_layer, n_ctx, kv_v) */
-    float *x;       /* (max_batch, n_embd) residual stream */
-    float *xb;      /* (max_batch, n_embd) normed input of a block */
-    float *q;       /* (max_batch, n_head * max(head_dim, q_head)) */
-    float *q_att;   /* (max_batch, n_head * q_head) MLA: absorbed query + roped part */
-    float *kv;      /* (max_batch, max(kv_k, kv_lora + n_rot)) new keys / latent + rope */
-    float *v;       /* (max_batch, kv_v) */
-    float *att;     /* (max_batch, n_head * v_head) attention output */
-    float *att_v;   /* (max_batch, n_head * head_dim_v_mla) MLA: per-head values */
-    float *gate;    /* (max_batch * n_expert_used, max ff) */
-    float *up;      /* (max_batch * n_expert_used, max ff) */
-    float *proj;    /* (max_batch, n_embd) output of a block's last projection */
-    float *moe_in;  /* (max_batch * n_expert_used, n_embd) rows gathered for one expert */
-    float *moe_out; /* (max_batch, n_expert_used, n_embd) each chosen expert's output */
-    float *router_logits; /* (max_batch, n_expert) */
-    float *expert_w;      /* (max_batch, n_expert_used) */
-    int32_t *expert_ids;  /* (max_batch, n_expert_used) */
-    int32_t *expert_rows; /* (max_batch * n_expert_used) slots grouped by expert */
+    float *k_cache;        /* (n_layer, n_ctx, kv_k) */
+    float *v_cache;        /* (n_layer, n_ctx, kv_v) */
+    float *x;              /* (max_batch, n_embd) residual stream */
+    float *xb;             /* (max_batch, n_embd) normed input of a block */
+    float *q;              /* (max_batch, n_head * max(head_dim, q_head)) */
+    float *q_att;          /* (max_batch, n_head * q_head) MLA: absorbed query + roped part */
+    float *kv;             /* (max_batch, max(kv_k, kv_lora + n_rot)) new keys / latent + rope */
+    float *v;              /* (max_batch, kv_v) */
+    float *att;            /* (max_batch, n_head * v_head) attention output */
+    float *att_v;          /* (max_batch, n_head * head_dim_v_mla) MLA: per-head values */
+    float *gate;           /* (max_batch * n_expert_used, max ff) */
+    float *up;             /* (max_batch * n_expert_used, max ff) */
+    float *proj;           /* (max_batch, n_embd) output of a block's last projection */
+    float *moe_in;         /* (max_batch * n_expert_used, n_embd) rows gathered for one expert */
+    float *moe_out;        /* (max_batch, n_expert_used, n_embd) each chosen expert's output */
+    float *router_logits;  /* (max_batch, n_expert) */
+    float *expert_w;       /* (max_batch, n_expert_used) */
+    int32_t *expert_ids;   /* (max_batch, n_expert_used) */
+    int32_t *expert_rows;  /* (max_batch * n_expert_used) slots grouped by expert */
     int32_t *expert_start; /* (n_expert + 1) */
     void *router_scratch;
-    float *shexp_gate;    /* (max_batch) */
-    int32_t *pos;         /* (max_batch) */
+    float *shexp_gate; /* (max_batch) */
+    int32_t *pos;      /* (max_batch) */
 };
 
 struct model_params {

@@ -188,7 +188,8 @@ static void test_moe_errors(void) {
     struct edit missing = {.drop_tensor = "blk.1.ffn_down_shexp.weight"};
     make_edited(&src, "moe-missing.gguf", &missing, path, sizeof path);
     snprintf(args, sizeof args, "info %s", path);
-    expect_error("missing shared expert", args, path, "missing tensor 'blk.1.ffn_down_shexp.weight'");
+    expect_error("missing shared expert", args, path,
+                 "missing tensor 'blk.1.ffn_down_shexp.weight'");
     gguf_close(&src);
 }
 

@@ -165,11 +165,12 @@ static void test_stories(void) {
     int32_t ids[256];
     int n = read_json_tokens(json, ids, 256);
     if (!test_report("stories260K tokens", n == 68, "read %d ids from %s", n, json)) return;
-    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH,
-                 -1);
+    check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, within(1e-3f),
+                 PATH_BATCH, -1);
     check_logits("stories260K decode", gguf, ids, n, ref, within(1e-3f), PATH_DECODE, -1);
     if (cpu_has_blas())
-        check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH, 1);
+        check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH,
+                     1);
 }
 
 static const char *compat_types[] = {"F32",    "F16",    "BF16", "Q8_0",  "Q4_0",
@@ -256,7 +257,8 @@ static void test_compat(const char *family) {
  * attn_v_b): both run as MLA over the compressed cache here, so they must agree. */
 static void test_mla_layouts(void) {
     char lite[512], legacy[512];
-    snprintf(lite, sizeof lite, "%s/compat/deepseek2-lite/deepseek2-lite-F32.gguf", test_fixtures());
+    snprintf(lite, sizeof lite, "%s/compat/deepseek2-lite/deepseek2-lite-F32.gguf",
+             test_fixtures());
     snprintf(legacy, sizeof legacy, "%s/compat/deepseek2-legacy/deepseek2-legacy-F32.gguf",
              test_fixtures());
     if (!test_file_exists(lite) || !test_file_exists(legacy)) {
@@ -269,8 +271,8 @@ static void test_mla_layouts(void) {
         return;
     }
     test_report("deepseek2 legacy file has a compressed cache",
-                a.ag.kv_k == b.ag.kv_k && b.ag.kv_v == 0, "kv_k %lld vs %lld",
-                (long long)a.ag.kv_k, (long long)b.ag.kv_k);
+                a.ag.kv_k == b.ag.kv_k && b.ag.kv_v == 0, "kv_k %lld vs %lld", (long long)a.ag.kv_k,
+                (long long)b.ag.kv_k);
     float *la = run_model(&a, compat_tokens, N_COMPAT, PATH_BATCH);
     float *lb = run_model(&b, compat_tokens, N_COMPAT, PATH_DECODE);
     struct diff d = compare(la, lb, N_COMPAT, 512, 2e-4f);
@@ -320,8 +322,9 @@ static void test_eval_cli(void) {
 int main(void) {
     test_eval_cli();
     test_stories();
-    const char *families[] = {"llama",    "llama-moe",      "qwen2",          "qwen2moe",
-                              "qwen3moe", "deepseek2-lite", "deepseek2-legacy", "deepseek2-v3"};
+    const char *families[] = {
+        "llama",          "llama-moe",        "qwen2",       "qwen2moe", "qwen3moe",
+        "deepseek2-lite", "deepseek2-legacy", "deepseek2-v3"};
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) test_compat(families[i]);
     test_mla_layouts();
     TEST_EXIT();
