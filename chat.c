@@ -5,6 +5,9 @@
  * renderer below reads as the union of what real templates do. */
 #include "chat.h"
 
+#include "gguf.h"
+#include "tokenizer.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -568,4 +571,38 @@ int chat_render(enum chat_family f, const struct chat_msg *msgs, int n,
     *out = r.out.p;
     if (out_len) *out_len = r.out.n;
     return 0;
+}
+
+/* ---- with a model file ---- */
+
+int chat_family_for_file(const struct gguf_file *f, const char *name, enum chat_family *out) {
+    if (name) return chat_family_from_name(name, out) < 0 ? -1 : 1;
+    struct gguf_str tmpl = {0, NULL};
+    if (gguf_get_str(f, "tokenizer.chat_template", &tmpl) != 0 || !tmpl.len) return 0;
+    *out = chat_detect(tmpl.data, tmpl.len);
+    return 1;
+}
+
+/* A control token's text as templates write it ("" when the model has none). */
+static char *special_text(const struct tokenizer *tok, int32_t id) {
+    int cap = tokenizer_max_piece(tok);
+    char *buf = xcalloc((size_t)cap + 1, 1);
+    int n = id >= 0 ? tokenizer_piece(tok, id, 1, buf, (size_t)cap) : 0;
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+int chat_render_for_model(enum chat_family f, const struct chat_msg *msgs, int n,
+                          int add_generation_prompt, int thinking, const struct tokenizer *tok,
+                          char **out, size_t *out_len) {
+    char *bos = special_text(tok, tokenizer_bos(tok));
+    char *eos = special_text(tok, tokenizer_eos(tok));
+    struct chat_opts opts = {.add_generation_prompt = add_generation_prompt,
+                             .thinking = thinking,
+                             .bos_text = bos,
+                             .eos_text = eos};
+    int rc = chat_render(f, msgs, n, &opts, out, out_len);
+    free(bos);
+    free(eos);
+    return rc;
 }

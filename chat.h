@@ -64,4 +64,19 @@ const char *chat_family_names(void);
 int chat_render(enum chat_family f, const struct chat_msg *msgs, int n,
                 const struct chat_opts *opts, char **out, size_t *out_len);
 
+/* ---- with a model file ---- */
+struct gguf_file;
+struct tokenizer;
+
+/* The family to render a model's conversations with: `name` (a --template override) when
+ * given, else the file's tokenizer.chat_template. Returns 1 with *out set, 0 when the file
+ * has no template (send text as is), -1 for an unknown name (err set). */
+int chat_family_for_file(const struct gguf_file *f, const char *name, enum chat_family *out);
+
+/* chat_render with the BOS and EOS texts taken from the model's tokenizer. Tokenize the
+ * result with special-token parsing and no added BOS (the rendering has it where due). */
+int chat_render_for_model(enum chat_family f, const struct chat_msg *msgs, int n,
+                          int add_generation_prompt, int thinking, const struct tokenizer *tok,
+                          char **out, size_t *out_len);
+
 #endif

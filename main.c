@@ -481,46 +481,20 @@ static int open_model(struct model *m, const struct options *o, double *load_sec
 
 /* ---- run ---- */
 
-/* A control token's text (BOS, EOS) as templates write it, or "" when there is none. */
-static char *token_text(const struct tokenizer *tok, int32_t id) {
-    int cap = tokenizer_max_piece(tok);
-    char *buf = xcalloc((size_t)cap + 1, 1);
-    int n = id >= 0 ? tokenizer_piece(tok, id, 1, buf, (size_t)cap) : 0;
-    buf[n > 0 ? n : 0] = '\0';
-    return buf;
-}
-
-/* The family to render with: --template, else the file's tokenizer.chat_template; returns 0
- * when the prompt goes as is (--raw, or no template at all). */
-static int chat_family_for(const struct model *m, const struct options *o, enum chat_family *f) {
-    if (o->raw) return 0;
-    if (o->template_name) return chat_family_from_name(o->template_name, f) < 0 ? -1 : 1;
-    struct gguf_str tmpl = {0, NULL};
-    if (gguf_get_str(&m->file, "tokenizer.chat_template", &tmpl) != 0 || !tmpl.len) return 0;
-    *f = chat_detect(tmpl.data, tmpl.len);
-    return 1;
-}
-
-/* Wraps the prompt as one user turn (after --system) in the model's chat template. */
+/* Wraps the prompt as one user turn (after --system) in the model's chat template, unless
+ * --raw or the file has none. */
 static int apply_chat_template(const struct model *m, const struct options *o, char **text,
                                size_t *len, int *templated) {
     enum chat_family f;
-    int rc = chat_family_for(m, o, &f);
+    int rc = o->raw ? 0 : chat_family_for_file(&m->file, o->template_name, &f);
     if (rc <= 0) return rc;
     struct chat_msg msgs[2];
     int n = 0;
     if (o->system) msgs[n++] = (struct chat_msg){"system", o->system};
     msgs[n++] = (struct chat_msg){"user", *text};
-    char *bos = token_text(m->tok, tokenizer_bos(m->tok));
-    char *eos = token_text(m->tok, tokenizer_eos(m->tok));
-    struct chat_opts opts = {
-        .add_generation_prompt = 1, .thinking = 1, .bos_text = bos, .eos_text = eos};
     char *out = NULL;
     size_t out_len = 0;
-    rc = chat_render(f, msgs, n, &opts, &out, &out_len);
-    free(bos);
-    free(eos);
-    if (rc < 0) return -1;
+    if (chat_render_for_model(f, msgs, n, 1, 1, m->tok, &out, &out_len) < 0) return -1;
     free(*text);
     *text = out;
     *len = out_len;
