@@ -1,5 +1,6 @@
 /* moerun: argument parsing and the subcommands. No math here. */
 #include "chat.h"
+#include "cli.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
@@ -16,37 +17,6 @@
 #include <unistd.h>
 
 #define MOERUN_VERSION "0.1.0"
-
-enum verbosity { V_QUIET = 0, V_NORMAL = 1, V_VERBOSE = 2 };
-
-/* Everything any subcommand accepts; each subcommand reads the fields it documents. */
-struct options {
-    const char *cmd;
-    const char *model;
-    const char *prompt;
-    const char *prompt_file;
-    const char *tokens;
-    const char *logits_path;
-    const char *text;
-    const char *system;
-    const char *template_name;
-    int raw;
-    int n_predict;
-    int n_ctx;
-    int n_threads;
-    int blas_min_batch;
-    int prefill;
-    int verbosity;
-    int print_ids;
-    int decode;
-    int show_tensors;
-    int detok;
-    int show;
-    int add_bos;
-    int special;
-    int seed_given;
-    struct sampler_params sp;
-};
 
 /* ---- help ---- */
 
@@ -87,6 +57,11 @@ static const char *usage_run =
     "      --repeat-last-n N  window of the repeat penalty (default 64)\n"
     "      --seed S           random seed; the same seed repeats a sampled run\n"
     "      --ids              print generated token ids (space-separated) instead of text\n"
+    "      --each-line        every line of stdin (or -f FILE) is a prompt of its own; one\n"
+    "                         output line per input line, newlines and backslashes in a\n"
+    "                         reply written as \\n and \\\\\n"
+    "      --json             like --each-line, one JSON object per prompt: prompt, text,\n"
+    "                         prompt_tokens, tokens, tokens_per_s\n"
     "      --special          match special-token texts in the prompt\n"
     "      --raw              send the prompt as is; by default a model with a chat template\n"
     "                         gets it as one user turn, followed by the assistant's opening\n"
@@ -97,7 +72,8 @@ static const char *usage_run =
     "  -v, --verbose          more detail on stderr\n"
     "  -q, --quiet            nothing on stderr but errors\n"
     "\n"
-    "The KV cache is kept in f32.\n";
+    "Exit status: 0 done, 1 model or usage error, 2 unreadable input, 130 interrupted\n"
+    "(Ctrl-C); a closed output pipe ends the run quietly with 0. The KV cache is f32.\n";
 
 static const char *usage_info =
     "usage: moerun info [-m] MODEL [--tensors]\n"
@@ -148,7 +124,7 @@ static const char *usage_for(const char *cmd) {
 
 /* ---- argument parsing ---- */
 
-static int fail(const char *cmd, const char *fmt, const char *arg) {
+int fail(const char *cmd, const char *fmt, const char *arg) {
     fprintf(stderr, "moerun %s: ", cmd);
     fprintf(stderr, fmt, arg);
     fprintf(stderr, " (see moerun %s --help)\n", cmd);
@@ -250,6 +226,8 @@ static int parse_switch(struct options *o, const char *a) {
     if (is_flag(a, NULL, "--tensors")) return o->show_tensors = 1, 1;
     if (is_flag(a, NULL, "--detok")) return o->detok = 1, 1;
     if (is_flag(a, NULL, "--raw")) return o->raw = 1, 1;
+    if (is_flag(a, NULL, "--each-line")) return o->each_line = 1, 1;
+    if (is_flag(a, NULL, "--json")) return o->json = 1, 1;
     if (is_flag(a, NULL, "--show")) return o->show = 1, 1;
     if (is_flag(a, NULL, "--bos")) return o->add_bos = 1, 1;
     if (is_flag(a, NULL, "--special")) return o->special = 1, 1;
@@ -267,7 +245,7 @@ static const char *accepted_flags(const char *cmd) {
     if (!strcmp(cmd, "run"))
         return " -m --model -t --threads -v --verbose -q --quiet -p --prompt -f --file --tokens"
                " -n --n-predict -c --ctx-size --temp --top-k --top-p --min-p --repeat-penalty"
-               " --repeat-last-n --seed --ids --special --raw --system --template ";
+               " --repeat-last-n --seed --ids --special --raw --system --template --each-line --json ";
     if (!strcmp(cmd, "eval"))
         return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
                " --prefill --blas-batch -c --ctx-size ";
@@ -316,7 +294,7 @@ static int parse_args(struct options *o, int argc, char **argv) {
 
 /* The model `run` uses when none is given: $MOERUN_MODEL, else the one shipped beside the
  * binary (models/ next to it, as in the source tree, or ../share/moerun/ once installed). */
-static int find_builtin_model(char *path, size_t cap) {
+int find_builtin_model(char *path, size_t cap) {
     static const char *const candidates[] = {"%s/models/tinyseek-kjv-q8_0.gguf",
                                              "%s/../models/tinyseek-kjv-q8_0.gguf",
                                              "%s/../share/moerun/tinyseek-kjv-q8_0.gguf"};
@@ -344,7 +322,7 @@ static int find_builtin_model(char *path, size_t cap) {
 
 /* ---- shared helpers ---- */
 
-static int read_stream(FILE *f, char **out, size_t *len) {
+int read_stream(FILE *f, char **out, size_t *len) {
     size_t cap = 4096, n = 0;
     char *buf = xmalloc(cap);
     size_t got;
@@ -362,7 +340,7 @@ static int read_stream(FILE *f, char **out, size_t *len) {
     return 0;
 }
 
-static int read_file_text(const char *path, char **out, size_t *len) {
+int read_file_text(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         err_set("cannot open prompt file %s: %s", path, strerror(errno));
@@ -375,7 +353,7 @@ static int read_file_text(const char *path, char **out, size_t *len) {
 }
 
 /* "1,2,3" or "1 2 3" -> ids; rejects anything but ids and separators. */
-static int parse_token_list(const char *s, int32_t **out, int *n_out) {
+int parse_token_list(const char *s, int32_t **out, int *n_out) {
     int cap = 16, n = 0;
     int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
     const char *p = s;
@@ -406,12 +384,12 @@ static int parse_token_list(const char *s, int32_t **out, int *n_out) {
     return 0;
 }
 
-static int error_exit(const char *cmd) {
+int error_exit(const char *cmd) {
     fprintf(stderr, "moerun %s: %s\n", cmd, err_get());
     return 1;
 }
 
-static const char *human_bytes(double b, char *buf, size_t cap) {
+const char *human_bytes(double b, char *buf, size_t cap) {
     const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
     while (b >= 1024.0 && u < 4) b /= 1024.0, u++;
@@ -420,7 +398,7 @@ static const char *human_bytes(double b, char *buf, size_t cap) {
 }
 
 /* 6.58M, 1.23B: parameter counts as people say them. */
-static const char *human_count(double n, char *buf, size_t cap) {
+const char *human_count(double n, char *buf, size_t cap) {
     if (n >= 1e9)
         snprintf(buf, cap, "%.2fB", n / 1e9);
     else if (n >= 1e6)
@@ -447,7 +425,7 @@ static int write_file_atomic(const char *path, const void *data, size_t n) {
     return ok ? 0 : -1;
 }
 
-static void load_summary(const struct model *m, const struct options *o, double secs) {
+void load_summary(const struct model *m, const struct options *o, double secs) {
     if (o->verbosity < V_NORMAL) return;
     char size[32], params[32], active[32] = "";
     human_count((double)m->n_params, params, sizeof params);
@@ -466,7 +444,7 @@ static void load_summary(const struct model *m, const struct options *o, double 
 
 /* Loads and prepares the model; the caller prints the summary once the input is known good,
  * so that bad input still gives exactly one line on stderr. */
-static int open_model(struct model *m, const struct options *o, double *load_secs) {
+int open_model(struct model *m, const struct options *o, double *load_secs) {
     double t0 = time_now();
     if (model_load(m, o->model) < 0) return -1;
     struct model_params mp = {
@@ -480,209 +458,6 @@ static int open_model(struct model *m, const struct options *o, double *load_sec
 }
 
 /* ---- run ---- */
-
-/* Wraps the prompt as one user turn (after --system) in the model's chat template, unless
- * --raw or the file has none. */
-static int apply_chat_template(const struct model *m, const struct options *o, char **text,
-                               size_t *len, int *templated) {
-    enum chat_family f;
-    int rc = o->raw ? 0 : chat_family_for_file(&m->file, o->template_name, &f);
-    if (rc <= 0) return rc;
-    struct chat_msg msgs[2];
-    int n = 0;
-    if (o->system) msgs[n++] = (struct chat_msg){"system", o->system};
-    msgs[n++] = (struct chat_msg){"user", *text};
-    char *out = NULL;
-    size_t out_len = 0;
-    if (chat_render_for_model(f, msgs, n, 1, 1, m->tok, &out, &out_len) < 0) return -1;
-    free(*text);
-    *text = out;
-    *len = out_len;
-    *templated = 1;
-    return 0;
-}
-
-/* The prompt as token ids, from --tokens, -p, -f or stdin. */
-static int prompt_tokens(const struct model *m, const struct options *o, int32_t **ids, int *n) {
-    if (o->tokens) return parse_token_list(o->tokens, ids, n);
-    char *text = NULL;
-    size_t len = 0;
-    if (o->prompt) {
-        text = xstrdup(o->prompt);
-        len = strlen(text);
-    } else if (o->prompt_file) {
-        if (read_file_text(o->prompt_file, &text, &len) < 0) return -1;
-    } else if (!isatty(STDIN_FILENO)) {
-        if (read_stream(stdin, &text, &len) < 0) {
-            err_set("cannot read the prompt from stdin: %s", strerror(errno));
-            return -1;
-        }
-    } else {
-        err_set("no prompt: give -p TEXT, -f FILE or --tokens, or pipe text on stdin");
-        return -1;
-    }
-    int templated = 0;
-    if (apply_chat_template(m, o, &text, &len, &templated) < 0) {
-        free(text);
-        return -1;
-    }
-    /* a rendered template carries its own BOS text where the model wants one */
-    int add_bos = tokenizer_add_bos(m->tok) && !templated;
-    int64_t count = tokenizer_encode(m->tok, text, len, add_bos, o->special || templated, ids);
-    free(text);
-    if (count < 0) return -1;
-    if (count == 0) {
-        err_set("the prompt is empty");
-        free(*ids);
-        return -1;
-    }
-    *n = (int)count;
-    return 0;
-}
-
-struct gen_stats {
-    int n_prompt, n_gen;
-    double t_prompt, t_gen;
-};
-
-/* Prints generated tokens: ids, or text through the streaming detokenizer so that a
- * character split over tokens comes out once whole. Buffers sized once per run. */
-struct emitter {
-    const struct tokenizer *tok;
-    int print_ids;
-    int n_emitted;
-    struct detok_stream ds;
-    char *piece; /* (max_piece) */
-    char *out;   /* (DETOK_OUT_CAP(max_piece)) */
-    int max_piece;
-};
-
-static void emitter_init(struct emitter *e, const struct tokenizer *tok, int print_ids) {
-    memset(e, 0, sizeof *e);
-    e->tok = tok;
-    e->print_ids = print_ids;
-    e->max_piece = tokenizer_max_piece(tok);
-    e->piece = xmalloc((size_t)e->max_piece);
-    e->out = xmalloc(DETOK_OUT_CAP(e->max_piece));
-    detok_init(&e->ds, 0);
-}
-
-static void emit_token(struct emitter *e, int32_t id) {
-    if (e->print_ids) {
-        printf(e->n_emitted ? " %d" : "%d", id);
-    } else {
-        int n = tokenizer_piece(e->tok, id, 0, e->piece, (size_t)e->max_piece);
-        if (n > 0) {
-            size_t k = detok_push(&e->ds, e->piece, (size_t)n, e->out, DETOK_OUT_CAP(e->max_piece));
-            fwrite(e->out, 1, k, stdout);
-        }
-    }
-    e->n_emitted++;
-    fflush(stdout);
-}
-
-/* Flushes a pending partial character and ends the line; frees the buffers. */
-static void emitter_finish(struct emitter *e) {
-    if (!e->print_ids) {
-        size_t k = detok_flush(&e->ds, e->out, DETOK_OUT_CAP(e->max_piece));
-        fwrite(e->out, 1, k, stdout);
-    }
-    if (e->n_emitted) putchar('\n');
-    fflush(stdout);
-    free(e->piece);
-    free(e->out);
-}
-
-static int generate(struct model *m, const struct options *o, const int32_t *prompt, int n_prompt,
-                    struct gen_stats *st) {
-    struct sampler *s = sampler_new(&o->sp, (int32_t)m->hp.n_vocab);
-    if (!s) return -1;
-    float *logits = xmalloc((size_t)m->hp.n_vocab * sizeof(float));
-    struct emitter em;
-    emitter_init(&em, m->tok, o->print_ids);
-    int rc = 0, pos = 0;
-    for (int i = 0; i < n_prompt; i++) sampler_accept(s, prompt[i]);
-    double t0 = time_now();
-    if (model_forward(m, prompt, n_prompt, 0, logits, 0) < 0) rc = -1;
-    pos = n_prompt;
-    st->t_prompt = time_now() - t0;
-    t0 = time_now();
-    for (int i = 0; rc == 0 && (o->n_predict < 0 || i < o->n_predict); i++) {
-        int32_t id = sampler_sample(s, logits);
-        if (tokenizer_is_eog(m->tok, id)) break;
-        sampler_accept(s, id);
-        emit_token(&em, id);
-        st->n_gen++;
-        if (pos >= m->n_ctx) {
-            if (o->verbosity >= V_NORMAL)
-                fprintf(stderr, "\nmoerun: stopped: the context of %d tokens is full (-c)\n",
-                        m->n_ctx);
-            break;
-        }
-        if (model_forward(m, &id, 1, pos++, logits, 0) < 0) rc = -1;
-    }
-    emitter_finish(&em);
-    st->t_gen = time_now() - t0;
-    sampler_free(s);
-    free(logits);
-    return rc;
-}
-
-static void print_stats(const struct options *o, const struct gen_stats *st) {
-    if (o->verbosity < V_NORMAL) return;
-    fprintf(stderr,
-            "moerun: prompt %d tokens in %.3f s (%.1f t/s), generated %d tokens in %.3f s "
-            "(%.1f t/s)\n",
-            st->n_prompt, st->t_prompt, st->t_prompt > 0 ? st->n_prompt / st->t_prompt : 0.0,
-            st->n_gen, st->t_gen, st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
-}
-
-static int cmd_run(struct options *o) {
-    char builtin[4200];
-    if (!o->model) {
-        if (find_builtin_model(builtin, sizeof builtin) < 0) return error_exit(o->cmd);
-        o->model = builtin;
-    }
-    struct model m;
-    double load_secs;
-    if (open_model(&m, o, &load_secs) < 0) return error_exit(o->cmd);
-    int32_t *ids = NULL;
-    int n = 0;
-    if (prompt_tokens(&m, o, &ids, &n) < 0) {
-        model_free(&m);
-        return error_exit(o->cmd);
-    }
-    if (n > m.n_ctx) {
-        err_set("the prompt has %d tokens but the context holds %d (raise -c, the model allows "
-                "%u)",
-                n, m.n_ctx, m.hp.n_ctx_train);
-        free(ids);
-        model_free(&m);
-        return error_exit(o->cmd);
-    }
-    load_summary(&m, o, load_secs);
-    if (!o->seed_given) o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (o->verbosity >= V_VERBOSE) {
-        fprintf(stderr, "moerun: prompt tokens:");
-        for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
-        fprintf(stderr,
-                "\nmoerun: seed %llu, temp %.2f, top-k %d, top-p %.2f, min-p %.2f, "
-                "repeat-penalty %.2f over %d\n",
-                (unsigned long long)o->sp.seed, (double)o->sp.temp, o->sp.top_k,
-                (double)o->sp.top_p, (double)o->sp.min_p, (double)o->sp.repeat_penalty,
-                o->sp.repeat_last_n);
-    }
-    struct gen_stats st = {.n_prompt = n};
-    int rc = generate(&m, o, ids, n, &st);
-    free(ids);
-    if (rc < 0) {
-        model_free(&m);
-        return error_exit(o->cmd);
-    }
-    print_stats(o, &st);
-    model_free(&m);
-    return 0;
-}
 
 /* ---- eval ---- */
 
