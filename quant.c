@@ -1595,16 +1595,20 @@ QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx
 /* Q4_K in llama.cpp's x86 arrangement, fully in registers: per 64 values, the two nibble
  * planes times the activations (pairs by maddubs), times their group scales (quads by madd),
  * so int32 lane k holds values 4k..4k+3 of each 32-value run, as k_lanes defines. */
-QT_AVX2 static __m256i q4_K_block_lanes(const struct block_q4_K *x, const int8_t *q8,
-                                        const uint8_t *sc) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
+QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, const int8_t *q8,
+                                      const uint8_t *sc) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i high = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < QK_K / 64; ++j) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
-        const __m256i lo = _mm256_and_si256(raw, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-        const __m256i p_lo =
-            _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+        __m256i lo = _mm256_and_si256(raw, low4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        if (qh) { /* Q5_K: bit 2j of qh[l] is value 64j + l's fifth bit, bit 2j+1 the next 32 */
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j + 1), one), 4));
+        }
+        const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
         const __m256i p_hi =
             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j])));
@@ -1631,7 +1635,7 @@ QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx
                                         mins[0] + mins[1]);
         acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
-                              _mm256_cvtepi32_ps(q4_K_block_lanes(&x[i], y[i].qs, sc)), acc);
+                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, sc)), acc);
     }
     acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
     acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
@@ -1646,15 +1650,16 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = y[i].d * h2f(x[i].d);
         const float dmin = -y[i].d * h2f(x[i].dmin);
-        int8_t a[QK_K];
-        int scale16[16];
-        int32_t mins[8];
-        q5_K_levels(&x[i], a);
-        k4_block_scales(x[i].scales, y[i].bsums, scale16, mins);
+        uint8_t sc[8], mn[8];
         int32_t m = 0;
-        for (int g = 0; g < 8; ++g) m += mins[g];
+        for (int g = 0; g < 8; ++g) {
+            k4_get_scale_min(g, x[i].scales, &sc[g], &mn[g]);
+            m += mn[g] * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
+        }
         summs = fmaf(dmin, (float)m, summs);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), k_lanes_avx2(a, y[i].qs, scale16), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
+                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, sc)),
+                              acc);
     }
     *out = hsum_f32x8(acc) + summs;
 }
