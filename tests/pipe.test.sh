@@ -58,3 +58,15 @@ rc=$?
 exec 3>&-
 [ $rc -eq 130 ] && [ ! -s "$tmp/err" ]
 check "Ctrl-C: exit 130" $? "exit $rc: $(cat "$tmp/err")"
+
+# every chat template family renders and runs (the built-in model has no template of its own);
+# Mistral's template refuses a system turn, as the real one does
+for f in plain deepseek3 deepseek3.1 deepseek-r1 deepseek-r1-llamacpp deepseek2 chatml qwen2.5 \
+    qwen3 llama3 llama3.1 llama2 mistral mistral-nemo; do
+    sys=(--system "Be brief.")
+    [ $f = mistral ] && sys=()
+    out=$(printf 'In the beginning\n' | "$BIN" run --each-line --template $f "${sys[@]}" -n 4 --temp 0 -q 2>&1)
+    rc=$?
+    [ $rc -eq 0 ] && [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ]
+    check "--template $f in a pipeline" $? "exit $rc: $out"
+done
