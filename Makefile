@@ -52,7 +52,26 @@ else
   $(info moerun: building without Vulkan (VULKAN=0))
 endif
 
-LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c
+# libedit (BSD licence) gives the chat REPL line editing and history; without it the REPL
+# reads plain lines (no editing, no history). LIBEDIT=0 forces it off.
+LIBEDIT ?= auto
+ifneq ($(LIBEDIT),0)
+  EDIT_LIBS := $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null)
+  ifeq ($(EDIT_LIBS),)
+    ifeq ($(LIBEDIT),1)
+      $(error LIBEDIT=1 but libedit was not found (install libedit-dev))
+    endif
+    $(info moerun: building without libedit (not found); chat reads plain lines, no history)
+  else
+    CFLAGS_ALL += -DMOERUN_LIBEDIT $(shell $(PKG_CONFIG) --cflags libedit 2>/dev/null)
+    LDLIBS_ALL += $(EDIT_LIBS)
+  endif
+else
+  $(info moerun: building without libedit (LIBEDIT=0))
+endif
+
+LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c \
+           repl.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/main.o $(BUILD)/run.o
 TEST_SRC := $(wildcard tests/test_*.c)

@@ -25,6 +25,8 @@ struct options {
     int raw;
     int each_line;
     int json;
+    int no_history;
+    int think_mode; /* enum repl_think */
     int n_predict;
     int n_ctx;
     int n_threads;

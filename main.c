@@ -4,6 +4,7 @@
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
+#include "repl.h"
 #include "sampler.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -28,6 +29,7 @@ static const char *usage_main =
     "\n"
     "commands:\n"
     "  run       generate a continuation of a prompt; only the text goes to stdout\n"
+    "  chat      talk with a model in the terminal (line editing, history, /commands)\n"
     "  info      describe a model file: architecture, hyper-parameters, tensors\n"
     "  tokenize  print the token ids of a text\n"
     "  eval      write the logits of every position of a token sequence to a file\n"
@@ -116,6 +118,7 @@ static const char *usage_eval =
 
 static const char *usage_for(const char *cmd) {
     if (!strcmp(cmd, "run")) return usage_run;
+    if (!strcmp(cmd, "chat")) return repl_usage;
     if (!strcmp(cmd, "info")) return usage_info;
     if (!strcmp(cmd, "tokenize")) return usage_tokenize;
     if (!strcmp(cmd, "eval")) return usage_eval;
@@ -178,6 +181,15 @@ static int parse_seed(const char *cmd, const char *s, uint64_t *out) {
     return 0;
 }
 
+/* --think on|off|hide: R1-style reasoning shown, switched off, or generated but hidden. */
+static int parse_think(const char *cmd, const char *s, int *out) {
+    static const char *const names[] = {"on", "off", "hide"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, names[i])) return *out = i, 0;
+    fprintf(stderr, "moerun %s: --think expects on, off or hide, got '%s'\n", cmd, s);
+    return -1;
+}
+
 static int is_flag(const char *a, const char *short_name, const char *long_name) {
     return (short_name && !strcmp(a, short_name)) || (long_name && !strcmp(a, long_name));
 }
@@ -189,6 +201,7 @@ static int parse_valued(struct options *o, const char *a, const char *v) {
     if (is_flag(a, "-m", "--model")) return o->model = v, 1;
     if (is_flag(a, NULL, "--system")) return o->system = v, 1;
     if (is_flag(a, NULL, "--template")) return o->template_name = v, 1;
+    if (is_flag(a, NULL, "--think")) return parse_think(c, v, &o->think_mode) ? -1 : 1;
     if (is_flag(a, "-p", "--prompt")) return o->prompt = v, 1;
     if (is_flag(a, "-f", "--file")) return o->prompt_file = v, 1;
     if (is_flag(a, NULL, "--tokens")) return o->tokens = v, 1;
@@ -227,6 +240,7 @@ static int parse_switch(struct options *o, const char *a) {
     if (is_flag(a, NULL, "--detok")) return o->detok = 1, 1;
     if (is_flag(a, NULL, "--raw")) return o->raw = 1, 1;
     if (is_flag(a, NULL, "--each-line")) return o->each_line = 1, 1;
+    if (is_flag(a, NULL, "--no-history")) return o->no_history = 1, 1;
     if (is_flag(a, NULL, "--json")) return o->json = 1, 1;
     if (is_flag(a, NULL, "--show")) return o->show = 1, 1;
     if (is_flag(a, NULL, "--bos")) return o->add_bos = 1, 1;
@@ -246,6 +260,10 @@ static const char *accepted_flags(const char *cmd) {
         return " -m --model -t --threads -v --verbose -q --quiet -p --prompt -f --file --tokens"
                " -n --n-predict -c --ctx-size --temp --top-k --top-p --min-p --repeat-penalty"
                " --repeat-last-n --seed --ids --special --raw --system --template --each-line --json ";
+    if (!strcmp(cmd, "chat"))
+        return " -m --model -t --threads -v --verbose -q --quiet -c --ctx-size --temp --top-k"
+               " --top-p --min-p --repeat-penalty --repeat-last-n --seed --system --template"
+               " --no-history --think ";
     if (!strcmp(cmd, "eval"))
         return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
                " --prefill --blas-batch -c --ctx-size ";
@@ -258,7 +276,7 @@ static const char *const valued_flags =
     " -m --model -p --prompt -f --file --tokens --logits -n --n-predict -c --ctx-size -t"
     " --threads --blas-batch --prefill --temp --top-k --top-p --min-p --repeat-penalty "
     "--repeat-last-n"
-    " --seed --system --template ";
+    " --seed --system --template --think ";
 
 static int in_list(const char *list, const char *flag) {
     size_t n = strlen(flag);
@@ -287,7 +305,8 @@ static int parse_args(struct options *o, int argc, char **argv) {
         if (i + 1 >= argc) return fail(o->cmd, "option '%s' needs a value", a);
         if (parse_valued(o, a, argv[++i]) < 0) return -1;
     }
-    if (!o->model && !strcmp(o->cmd, "run")) return 0; /* the built-in model */
+    if (!o->model && (!strcmp(o->cmd, "run") || !strcmp(o->cmd, "chat")))
+        return 0; /* the built-in model */
     if (!o->model) return fail(o->cmd, "%s", "no model file given");
     return 0;
 }
@@ -704,6 +723,29 @@ static int cmd_tokenize(struct options *o) {
     return rc < 0 ? error_exit(o->cmd) : 0;
 }
 
+/* ---- chat ---- */
+
+static int cmd_chat(struct options *o) {
+    char builtin[4200];
+    if (!o->model) {
+        if (find_builtin_model(builtin, sizeof builtin) < 0) return error_exit(o->cmd);
+        o->model = builtin;
+    }
+    struct repl_config cfg = {
+        .model_path = o->model,
+        .n_ctx = o->n_ctx,
+        .n_threads = o->n_threads,
+        .sp = o->sp,
+        .seed_given = o->seed_given,
+        .system = o->system,
+        .template_name = o->template_name,
+        .no_history = o->no_history,
+        .verbosity = o->verbosity,
+        .think_mode = o->think_mode,
+    };
+    return repl_run(&cfg);
+}
+
 /* ---- dispatch ---- */
 
 int main(int argc, char **argv) {
@@ -719,7 +761,8 @@ int main(int argc, char **argv) {
         const char *name;
         int (*fn)(struct options *);
     } cmds[] = {
-        {"run", cmd_run}, {"info", cmd_info}, {"tokenize", cmd_tokenize}, {"eval", cmd_eval}};
+        {"run", cmd_run},           {"chat", cmd_chat}, {"info", cmd_info},
+        {"tokenize", cmd_tokenize}, {"eval", cmd_eval}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name)) continue;
         struct options o = {.cmd = cmds[i].name, .n_predict = -1, .verbosity = V_NORMAL};
