@@ -583,8 +583,7 @@ int chat_family_for_file(const struct gguf_file *f, const char *name, enum chat_
     return 1;
 }
 
-/* A control token's text as templates write it ("" when the model has none). */
-static char *special_text(const struct tokenizer *tok, int32_t id) {
+char *chat_special_text(const struct tokenizer *tok, int32_t id) {
     int cap = tokenizer_max_piece(tok);
     char *buf = xcalloc((size_t)cap + 1, 1);
     int n = id >= 0 ? tokenizer_piece(tok, id, 1, buf, (size_t)cap) : 0;
@@ -595,8 +594,8 @@ static char *special_text(const struct tokenizer *tok, int32_t id) {
 int chat_render_for_model(enum chat_family f, const struct chat_msg *msgs, int n,
                           int add_generation_prompt, int thinking, const struct tokenizer *tok,
                           char **out, size_t *out_len) {
-    char *bos = special_text(tok, tokenizer_bos(tok));
-    char *eos = special_text(tok, tokenizer_eos(tok));
+    char *bos = chat_special_text(tok, tokenizer_bos(tok));
+    char *eos = chat_special_text(tok, tokenizer_eos(tok));
     struct chat_opts opts = {.add_generation_prompt = add_generation_prompt,
                              .thinking = thinking,
                              .bos_text = bos,

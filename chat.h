@@ -8,6 +8,7 @@
 #define MOERUN_CHAT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum chat_family {
     CHAT_PLAIN,                /* "plain": no template; BOS, then the texts joined by "\n" */
@@ -72,6 +73,9 @@ struct tokenizer;
  * given, else the file's tokenizer.chat_template. Returns 1 with *out set, 0 when the file
  * has no template (send text as is), -1 for an unknown name (err set). */
 int chat_family_for_file(const struct gguf_file *f, const char *name, enum chat_family *out);
+
+/* A control token's text as templates write it (BOS, EOS), "" when id < 0; malloc'd. */
+char *chat_special_text(const struct tokenizer *tok, int32_t id);
 
 /* chat_render with the BOS and EOS texts taken from the model's tokenizer. Tokenize the
  * result with special-token parsing and no added BOS (the rendering has it where due). */

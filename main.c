@@ -259,7 +259,8 @@ static const char *accepted_flags(const char *cmd) {
     if (!strcmp(cmd, "run"))
         return " -m --model -t --threads -v --verbose -q --quiet -p --prompt -f --file --tokens"
                " -n --n-predict -c --ctx-size --temp --top-k --top-p --min-p --repeat-penalty"
-               " --repeat-last-n --seed --ids --special --raw --system --template --each-line --json ";
+               " --repeat-last-n --seed --ids --special --raw --system --template --each-line "
+               "--json ";
     if (!strcmp(cmd, "chat"))
         return " -m --model -t --threads -v --verbose -q --quiet -c --ctx-size --temp --top-k"
                " --top-p --min-p --repeat-penalty --repeat-last-n --seed --system --template"
@@ -760,9 +761,11 @@ int main(int argc, char **argv) {
     struct {
         const char *name;
         int (*fn)(struct options *);
-    } cmds[] = {
-        {"run", cmd_run},           {"chat", cmd_chat}, {"info", cmd_info},
-        {"tokenize", cmd_tokenize}, {"eval", cmd_eval}};
+    } cmds[] = {{"run", cmd_run},
+                {"chat", cmd_chat},
+                {"info", cmd_info},
+                {"tokenize", cmd_tokenize},
+                {"eval", cmd_eval}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name)) continue;
         struct options o = {.cmd = cmds[i].name, .n_predict = -1, .verbosity = V_NORMAL};

@@ -1605,10 +1605,14 @@ QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, cons
         __m256i lo = _mm256_and_si256(raw, low4);
         __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
         if (qh) { /* Q5_K: bit 2j of qh[l] is value 64j + l's fifth bit, bit 2j+1 the next 32 */
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j), one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j + 1), one), 4));
+            lo = _mm256_or_si256(
+                lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j), one), 4));
+            hi = _mm256_or_si256(
+                hi,
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j + 1), one), 4));
         }
-        const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
+        const __m256i p_lo =
+            _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
         const __m256i p_hi =
             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j])));
@@ -1657,9 +1661,9 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
             m += mn[g] * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
         }
         summs = fmaf(dmin, (float)m, summs);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
-                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, sc)),
-                              acc);
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(d),
+                            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, sc)), acc);
     }
     *out = hsum_f32x8(acc) + summs;
 }

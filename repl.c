@@ -477,15 +477,6 @@ static int conv_load(struct repl *r, const char *path) {
 
 /* ---- rendering and the KV cache ---- */
 
-/* A control token's text (BOS, EOS) as templates write it, or "" when there is none. */
-static char *token_text(const struct tokenizer *tok, int32_t id) {
-    int cap = tokenizer_max_piece(tok);
-    char *buf = xcalloc((size_t)cap + 1, 1);
-    int n = id >= 0 ? tokenizer_piece(tok, id, 1, buf, (size_t)cap) : 0;
-    buf[n > 0 ? n : 0] = '\0';
-    return buf;
-}
-
 /* The prompt text for msgs[first..] after the system prompt, ending where the reply begins;
  * tail (the reply so far, or NULL) is appended. The plain family has no generation prompt,
  * so a newline starts the reply on a line of its own, as the rendering separates messages. */
@@ -1224,8 +1215,8 @@ static void alloc_buffers(struct repl *r) {
     r->reply = xmalloc(r->reply_cap);
     r->cache_ids = xmalloc((size_t)r->m.n_ctx * sizeof *r->cache_ids);
     r->logits = xmalloc((size_t)r->m.hp.n_vocab * sizeof *r->logits);
-    r->bos_text = token_text(r->m.tok, tokenizer_bos(r->m.tok));
-    r->eos_text = token_text(r->m.tok, tokenizer_eos(r->m.tok));
+    r->bos_text = chat_special_text(r->m.tok, tokenizer_bos(r->m.tok));
+    r->eos_text = chat_special_text(r->m.tok, tokenizer_eos(r->m.tok));
 }
 
 static int repl_open(struct repl *r, const struct repl_config *cfg) {

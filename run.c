@@ -60,9 +60,12 @@ static void sink_write(struct sink *s, const char *p, size_t n) {
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        if (p[i] == '\n') out_bytes(s, "\\n", 2);
-        else if (p[i] == '\\') out_bytes(s, "\\\\", 2);
-        else out_bytes(s, p + i, 1);
+        if (p[i] == '\n')
+            out_bytes(s, "\\n", 2);
+        else if (p[i] == '\\')
+            out_bytes(s, "\\\\", 2);
+        else
+            out_bytes(s, p + i, 1);
     }
 }
 
@@ -203,8 +206,8 @@ static void emitter_free(struct emitter *e) {
 
 /* Prefill then sample until end of text, -n, a full context, an interrupt or a closed
  * stdout. Returns -1 on a model error. */
-static int generate(struct model *m, const struct options *o, const int32_t *prompt,
-                    int n_prompt, struct emitter *em, float *logits, struct gen_stats *st) {
+static int generate(struct model *m, const struct options *o, const int32_t *prompt, int n_prompt,
+                    struct emitter *em, float *logits, struct gen_stats *st) {
     struct sampler *s = sampler_new(&o->sp, (int32_t)m->hp.n_vocab);
     if (!s) return -1;
     int rc = 0, pos = n_prompt;
@@ -288,7 +291,8 @@ static void json_record(struct sink *s, const char *prompt, size_t prompt_len,
     json_string(s, prompt, prompt_len);
     out_bytes(s, ", \"text\": ", 10);
     json_string(s, s->text ? s->text : "", s->len);
-    int k = snprintf(tail, sizeof tail, ", \"prompt_tokens\": %d, \"tokens\": %d, \"tokens_per_s\": %.2f}\n",
+    int k = snprintf(tail, sizeof tail,
+                     ", \"prompt_tokens\": %d, \"tokens\": %d, \"tokens_per_s\": %.2f}\n",
                      st->n_prompt, st->n_gen, st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
     out_bytes(s, tail, (size_t)k);
     out_flush(s);
