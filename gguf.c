@@ -241,22 +241,22 @@ static int read_kvs(struct cursor *c, struct gguf_file *f) {
 /* Type, shape, byte size and alignment of one tensor info. */
 static int check_tensor(struct cursor *c, const struct gguf_file *f, struct gguf_tensor *t,
                         const char *what) {
-    const struct qtype_traits *tr = qtype_traits(t->type);
-    if (!tr)
-        return fail(c, "%s has unknown or unsupported type %" PRIu32 " (%s)", what, t->type,
-                    qtype_name(t->type));
-    uint64_t n = 1, bytes = (uint64_t)(t->ne[0] / tr->blck_size) * tr->type_size;
+    int64_t blck;
+    size_t type_size;
+    if (qtype_layout(t->type, &blck, &type_size) < 0)
+        return fail(c, "%s has unknown type %" PRIu32, what, t->type);
+    uint64_t n = 1, bytes = (uint64_t)(t->ne[0] / blck) * type_size;
     for (int j = 0; j < GGUF_MAX_DIMS; j++)
         if (size_mul(n, (uint64_t)t->ne[j], &n) || n > INT64_MAX)
             return fail(c,
                         "%s: element count overflows (ne = [%" PRId64 ", %" PRId64 ", %" PRId64
                         ", %" PRId64 "])",
                         what, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
-    if (t->ne[0] % tr->blck_size != 0)
+    if (t->ne[0] % blck != 0)
         return fail(c,
                     "%s: row length %" PRId64 " is not a multiple of the block size %" PRId64
                     " of type %s",
-                    what, t->ne[0], tr->blck_size, tr->name);
+                    what, t->ne[0], blck, qtype_name(t->type));
     for (int j = 1; j < GGUF_MAX_DIMS; j++)
         if (size_mul(bytes, (uint64_t)t->ne[j], &bytes))
             return fail(c, "%s: byte size overflows", what);

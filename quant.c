@@ -1898,10 +1898,44 @@ const struct qtype_traits *qtype_traits(uint32_t type) {
     return &qt_table[type];
 }
 
+/* ggml types moerun cannot compute with yet: their block layout only, so that files holding
+ * them still parse and can be described, and a model using them is refused by name. */
+static const struct {
+    uint32_t id;
+    const char *name;
+    int64_t blck_size;
+    size_t type_size;
+} foreign_types[] = {
+    {16, "iq2_xxs", 256, 66}, {17, "iq2_xs", 256, 74}, {18, "iq3_xxs", 256, 98},
+    {19, "iq1_s", 256, 50},   {20, "iq4_nl", 32, 18},  {21, "iq3_s", 256, 110},
+    {22, "iq2_s", 256, 82},   {23, "iq4_xs", 256, 136}, {24, "i8", 1, 1},
+    {25, "i16", 1, 2},        {26, "i32", 1, 4},       {27, "i64", 1, 8},
+    {28, "f64", 1, 8},        {29, "iq1_m", 256, 56},  {34, "tq1_0", 256, 54},
+    {35, "tq2_0", 256, 66},   {39, "mxfp4", 32, 17},
+};
+
+int qtype_layout(uint32_t type, int64_t *blck_size, size_t *type_size) {
+    const struct qtype_traits *t = qtype_traits(type);
+    if (t) {
+        *blck_size = t->blck_size;
+        *type_size = t->type_size;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof foreign_types / sizeof foreign_types[0]; i++) {
+        if (foreign_types[i].id != type) continue;
+        *blck_size = foreign_types[i].blck_size;
+        *type_size = foreign_types[i].type_size;
+        return 0;
+    }
+    return -1;
+}
+
 const char *qtype_name(uint32_t type) {
     static _Thread_local char unknown[32];
     const struct qtype_traits *t = qtype_traits(type);
     if (t) return t->name;
+    for (size_t i = 0; i < sizeof foreign_types / sizeof foreign_types[0]; i++)
+        if (foreign_types[i].id == type) return foreign_types[i].name;
     snprintf(unknown, sizeof unknown, "type %u", type);
     return unknown;
 }

@@ -702,7 +702,7 @@ static const struct mcase cases[] = {
     {"dim_negative", c_dim_neg, "dimension 1 is -5"},
     {"element_overflow", c_elems, "tensor 'w': element count overflows"},
     {"bytes_past_end_huge", c_bytes_big, "runs past the end of the file"},
-    {"tensor_type_unknown", c_ttype, "tensor 'w' has unknown or unsupported type 99"},
+    {"tensor_type_unknown", c_ttype, "tensor 'w' has unknown type 99"},
     {"row_not_block_multiple", c_block, "row length 40 is not a multiple of the block size 32"},
     {"offset_unaligned", c_unaligned, "data offset 4 is not a multiple of the alignment 32"},
     {"data_past_end", c_past_end,

@@ -580,8 +580,14 @@ static void test_traits(void) {
     snprintf(name23, sizeof name23, "%s", qtype_name(23));
     snprintf(name_big, sizeof name_big, "%s", qtype_name(4000000000u));
     test_report("quant_name_unknown",
-                !strcmp(name23, "type 23") && !strcmp(name_big, "type 4000000000"),
+                !strcmp(name23, "iq4_xs") && !strcmp(name_big, "type 4000000000"),
                 "got \"%s\", \"%s\"", name23, name_big);
+    /* ggml types without traits still have a layout, so their files parse */
+    int64_t blck = 0;
+    size_t tsize = 0;
+    int iq = qtype_layout(23, &blck, &tsize) == 0 && blck == 256 && tsize == 136;
+    test_report("quant_layout_foreign", iq && qtype_layout(40, &blck, &tsize) < 0,
+                "iq4_xs %lld/%zu, id 40 unknown", (long long)blck, tsize);
     test_report("quant_row_size_invalid",
                 qtype_row_size(QT_Q4_K, 100) == 0 && qtype_row_size((enum qtype)23, 256) == 0 &&
                     qtype_row_size(QT_Q8_0, 0) == 0 && qtype_row_size(QT_F16, 3) == 6,
