@@ -47,6 +47,7 @@ struct cpu_ctx {
     atomic_uint generation; /* bumped once per job */
     atomic_int n_done;      /* workers finished with the current job */
     atomic_int stop;
+    atomic_int n_sleeping;  /* workers blocked on the condition variable */
     cpu_task_fn fn;
     void *fn_ctx;
 
@@ -64,7 +65,9 @@ static void wait_for_job(struct cpu_ctx *c, unsigned seen) {
         if ((i & 255) == 255) sched_yield();
     }
     pthread_mutex_lock(&c->mu);
+    atomic_fetch_add(&c->n_sleeping, 1);
     while (atomic_load(&c->generation) == seen) pthread_cond_wait(&c->wake, &c->mu);
+    atomic_fetch_sub(&c->n_sleeping, 1);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -89,10 +92,15 @@ void cpu_parallel(struct cpu_ctx *c, cpu_task_fn fn, void *ctx) {
     c->fn = fn;
     c->fn_ctx = ctx;
     atomic_store(&c->n_done, 0);
-    pthread_mutex_lock(&c->mu);
-    atomic_fetch_add_explicit(&c->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&c->wake);
-    pthread_mutex_unlock(&c->mu);
+    /* Sequentially consistent: a worker counts itself asleep before its last look at the
+     * generation, so either it sees the new job or this sees it asleep. Spinning workers (the
+     * usual case inside a forward pass) cost no lock and no wake-up call. */
+    atomic_fetch_add(&c->generation, 1);
+    if (atomic_load(&c->n_sleeping) > 0) {
+        pthread_mutex_lock(&c->mu);
+        pthread_cond_broadcast(&c->wake);
+        pthread_mutex_unlock(&c->mu);
+    }
     fn(ctx, 0, c->n_threads);
     for (int i = 0; atomic_load_explicit(&c->n_done, memory_order_acquire) < c->n_threads - 1; i++)
         if ((i & 255) == 255) sched_yield();
