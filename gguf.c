@@ -888,7 +888,10 @@ static int out_file(struct wout *o, const struct gguf_writer *w, uint32_t align)
 /* Flushes, syncs and closes; fp is closed whatever happens. */
 static int out_close(struct wout *o) {
     errno = 0;
-    int ok = fflush(o->fp) == 0 && fsync(fileno(o->fp)) == 0;
+    /* EINVAL/ENOTSUP: a device or pipe that has nothing to sync (/dev/null) */
+    int ok = fflush(o->fp) == 0 &&
+             (fsync(fileno(o->fp)) == 0 || errno == EINVAL || errno == ENOTSUP);
+    if (ok) errno = 0;
     int e = errno;
     ok = (fclose(o->fp) == 0) && ok;
     if (!ok) err_set("gguf: %s: write failed: %s", o->path, strerror(e ? e : errno));
@@ -909,12 +912,14 @@ int gguf_writer_write(struct gguf_writer *w, const char *path) {
     if (writer_alignment(w, path, &align) || plan_tensors(w, path, align)) return -1;
     size_t n = strlen(path) + 32;
     char *tmp = xmalloc(n);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int direct = path_is_special(path); /* /dev/null, a pipe: no temporary, no rename */
+    snprintf(tmp, n, direct ? "%s" : "%s.tmp.%ld", path, (long)getpid());
+    int fd = direct ? open(tmp, O_WRONLY) : open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!fp) {
         err_set("gguf: %s: cannot create %s: %s", path, tmp, strerror(errno));
-        if (fd >= 0) close(fd), unlink(tmp);
+        if (fd >= 0) close(fd);
+        if (fd >= 0 && !direct) unlink(tmp);
         free(tmp);
         return -1;
     }
@@ -925,13 +930,13 @@ int gguf_writer_write(struct gguf_writer *w, const char *path) {
         fclose(fp);
     else
         rc = out_close(&o);
-    if (rc == 0 && rename(tmp, path) != 0) {
+    if (rc == 0 && !direct && rename(tmp, path) != 0) {
         err_set("gguf: %s: cannot rename %s to it: %s", path, tmp, strerror(errno));
         rc = -1;
     }
-    if (rc)
+    if (rc && !direct)
         unlink(tmp);
-    else
+    else if (!direct)
         sync_parent_dir(path);
     free(tmp);
     return rc;

@@ -29,4 +29,8 @@ int size_add(uint64_t a, uint64_t b, uint64_t *out);
 
 double time_now(void); /* monotonic seconds */
 
+/* True when path exists and is not a regular file or directory (/dev/null, a FIFO): output
+ * goes straight to it, since renaming a temporary file over it would replace the device. */
+int path_is_special(const char *path);
+
 #endif

@@ -137,3 +137,13 @@ check "--template deepseek3 --system renders the V3 turns" $? "got: $got"
 rc=$?
 [ $rc -eq 1 ] && grep -q 'chat template "nosuch" is unknown (expected one of: plain' "$tmp/err"
 check "--template with an unknown name" $? "exit $rc: $(cat "$tmp/err")"
+
+# output to a FIFO or a device goes straight there: a temporary file renamed over it would
+# replace it (it once replaced /dev/null)
+mkfifo "$tmp/fifo"
+cat "$tmp/fifo" >"$tmp/from-fifo" &
+"$BIN" eval "$S" --tokens 1,403 --logits "$tmp/fifo" -q
+rc=$?
+wait
+[ $rc -eq 0 ] && [ -p "$tmp/fifo" ] && [ "$(stat -c %s "$tmp/from-fifo")" -eq $((2 * 512 * 4)) ]
+check "eval --logits into a FIFO keeps the FIFO" $? "exit $rc, fifo: $(stat -c %F "$tmp/fifo")"
