@@ -71,7 +71,7 @@ else
 endif
 
 LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c \
-           repl.c
+           repl.c json.c safetensors.c tools/convert.c tools/convert_vocab.c tools/quantize.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/main.o $(BUILD)/run.o
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -91,6 +91,7 @@ $(BUILD)/libmoerun.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/%.o: %.c | $(BUILD)
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmoerun.a | $(BUILD)

@@ -5,6 +5,8 @@
 #include "model.h"
 #include "quant.h"
 #include "repl.h"
+#include "tools/convert.h"
+#include "tools/quantize.h"
 #include "sampler.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -33,6 +35,8 @@ static const char *usage_main =
     "  info      describe a model file: architecture, hyper-parameters, tensors\n"
     "  tokenize  print the token ids of a text\n"
     "  eval      write the logits of every position of a token sequence to a file\n"
+    "  convert   turn a Hugging Face checkpoint (safetensors) into a GGUF file\n"
+    "  quantize  write a GGUF file with its weights in another block format\n"
     "\n"
     "  moerun COMMAND --help   options of one command\n"
     "  moerun --version\n";
@@ -432,14 +436,15 @@ const char *human_count(double n, char *buf, size_t cap) {
 static int write_file_atomic(const char *path, const void *data, size_t n) {
     size_t plen = strlen(path) + 32;
     char *tmp = xmalloc(plen);
-    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
+    int direct = path_is_special(path); /* /dev/null, a pipe: no temporary, no rename */
+    snprintf(tmp, plen, direct ? "%s" : "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     int ok = f && fwrite(data, 1, n, f) == n;
     if (f && fclose(f) != 0) ok = 0;
-    if (ok && rename(tmp, path) != 0) ok = 0;
+    if (ok && !direct && rename(tmp, path) != 0) ok = 0;
     if (!ok) {
         err_set("cannot write %s: %s", path, strerror(errno));
-        remove(tmp);
+        if (!direct) remove(tmp);
     }
     free(tmp);
     return ok ? 0 : -1;
@@ -754,6 +759,9 @@ int main(int argc, char **argv) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
         return argc < 2 ? 1 : 0;
     }
+    /* the model-file tools parse their own arguments */
+    if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "convert")) return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version")) {
         printf("moerun %s (%s)\n", MOERUN_VERSION, cpu_has_blas() ? "cpu, openblas" : "cpu");
         return 0;
