@@ -938,6 +938,16 @@ static int keys_yarn(struct conv *c) {
     if (json_get_num(rs, "beta_slow", &v) == 0) key_f32(c, "rope.scaling.yarn_beta_slow", v);
     if (json_get_num(rs, "mscale_all_dim", &mscale_all) == 0)
         key_f32(c, "rope.scaling.yarn_log_multiplier", 0.1 * mscale_all);
+    /* GGUF (llama.cpp's keys) has no place for mscale: Hugging Face's rope scales cos and sin
+     * by yarn_get_mscale(mscale) / yarn_get_mscale(mscale_all_dim), 1 when they are equal as in
+     * every released DeepSeek config; otherwise the file computes something else. */
+    double mscale = mscale_all;
+    if (json_get_num(rs, "mscale", &mscale) == 0 && mscale != mscale_all)
+        fprintf(stderr,
+                "moerun convert: warning: %s/config.json: rope_scaling.mscale = %g differs from "
+                "mscale_all_dim = %g; GGUF keeps only mscale_all_dim, so the converted model's "
+                "rope magnitudes differ from the checkpoint's\n",
+                c->dir, mscale, mscale_all);
     return 0;
 }
 
@@ -965,6 +975,15 @@ static int keys_deepseek2(struct conv *c) {
     key_u32(c, "expert_shared_count", hp->n_expert_shared);
     key_f32(c, "expert_weights_scale", hp->routed_scale);
     if (hp->norm_topk_prob) gguf_set_bool(c->w, "deepseek2.expert_weights_norm", 1);
+    /* DeepSeek-V2's own code skips routed_scaling_factor after renormalizing; llama.cpp (and
+     * moerun) always apply it. Released V2 configs never combine the two. */
+    if (hp->norm_topk_prob && hp->routed_scale != 1.0 &&
+        !strcmp(c->arch->hf, "DeepseekV2ForCausalLM"))
+        fprintf(stderr,
+                "moerun convert: warning: %s/config.json: norm_topk_prob with "
+                "routed_scaling_factor = %g: llama.cpp-format files scale the renormalized "
+                "weights, DeepSeek-V2's code does not\n",
+                c->dir, hp->routed_scale);
     key_u32(c, "rope.dimension_count", hp->qk_rope);
     if (keys_yarn(c)) return -1;
     if (!hp->has_q_lora) key_u32(c, "attention.q_lora_rank", 0);
