@@ -71,7 +71,8 @@ else
 endif
 
 LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c \
-           repl.c json.c safetensors.c tools/convert.c tools/convert_vocab.c tools/quantize.c
+           repl.c json.c safetensors.c tools/convert.c tools/convert_vocab.c tools/quantize.c \
+           bench.c check.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/main.o $(BUILD)/run.o
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -102,6 +103,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmoerun.a | $(BUILD)
 $(BUILD)/mktiny: tools/mktiny.c $(BUILD)/libmoerun.a | $(BUILD)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
 
+# membw: memory read bandwidth for 1..N threads (the loop moerun bench's roofline uses)
+$(BUILD)/membw: bench/membw.c $(BUILD)/libmoerun.a | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
+
 $(BUILD):
 	mkdir -p $(BUILD)
 
@@ -123,3 +128,39 @@ clean:
 	rm -rf build build-asan moerun
 
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+
+# ---- fuzzing (clang + libFuzzer; Debian: libclang-rt-14-dev) ----
+#   make fuzz        build the libFuzzer targets into build-fuzz/ (ASan + UBSan)
+#   make fuzz-smoke  run each target FUZZ_TIME seconds (default 60) from its seed corpus in
+#                    tests/fuzz/corpus/<target>; new inputs go to a temporary directory, a crash
+#                    to build-fuzz/crash-* and a failed run
+FUZZ_TARGETS := fuzz_gguf fuzz_tokenizer fuzz_chat
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 60
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+.PHONY: fuzz fuzz-bins fuzz-smoke
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) BLAS=0 VULKAN=0 LIBEDIT=0 OPT="-O1 -g" \
+	    EXTRA_CFLAGS="$(FUZZ_SAN)" EXTRA_LDFLAGS="$(FUZZ_SAN)" fuzz-bins
+
+fuzz-bins: $(FUZZ_TARGETS:%=$(BUILD)/%)
+
+$(BUILD)/fuzz_%: tests/fuzz_%.c $(BUILD)/libmoerun.a | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
+
+fuzz-smoke: fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	    c=$$(mktemp -d); \
+	    echo "fuzz-smoke: $$t for $(FUZZ_TIME) s"; \
+	    build-fuzz/$$t -max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 \
+	        -close_fd_mask=3 -print_final_stats=1 -artifact_prefix=build-fuzz/$$t- \
+	        "$$c" tests/fuzz/corpus/$${t#fuzz_} >build-fuzz/$$t-smoke.log 2>&1; \
+	    rc=$$?; rm -rf "$$c"; \
+	    grep -E '^(#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' \
+	        build-fuzz/$$t-smoke.log | tail -n 4; \
+	    if [ $$rc -ne 0 ]; then \
+	        tail -n 40 build-fuzz/$$t-smoke.log; \
+	        echo "fuzz-smoke: $$t failed (exit $$rc; log build-fuzz/$$t-smoke.log)"; exit 1; \
+	    fi; \
+	done; echo "fuzz-smoke: all targets ran $(FUZZ_TIME) s without a finding"

@@ -36,6 +36,7 @@ struct options {
     int print_ids;
     int decode;
     int show_tensors;
+    int check_tensors;
     int detok;
     int show;
     int add_bos;

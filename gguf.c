@@ -275,6 +275,11 @@ static int read_tensor_info(struct cursor *c, const struct gguf_file *f, struct 
     if (t->name.len == 0)
         return fail(c, "tensor #%" PRIu64 " at offset %" PRIu64 " has an empty name", i,
                     c->pos - 8);
+    if (t->name.len >= GGUF_MAX_NAME) /* llama.cpp refuses these too */
+        return fail(c,
+                    "tensor #%" PRIu64 " name '%.*s...' is %" PRIu64
+                    " bytes, longer than %d bytes",
+                    i, shown(t->name), t->name.data, t->name.len, GGUF_MAX_NAME - 1);
     snprintf(what, sizeof what, "tensor '%.*s'", shown(t->name), t->name.data);
     if (read_u32(c, &t->n_dims, what)) return -1;
     if (t->n_dims == 0 || t->n_dims > GGUF_MAX_DIMS)

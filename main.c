@@ -5,6 +5,8 @@
 #include "model.h"
 #include "quant.h"
 #include "repl.h"
+#include "bench.h"
+#include "check.h"
 #include "tools/convert.h"
 #include "tools/quantize.h"
 #include "sampler.h"
@@ -37,6 +39,7 @@ static const char *usage_main =
     "  eval      write the logits of every position of a token sequence to a file\n"
     "  convert   turn a Hugging Face checkpoint (safetensors) into a GGUF file\n"
     "  quantize  write a GGUF file with its weights in another block format\n"
+    "  bench     prefill and decode speed, llama-bench style, with the decode roofline\n"
     "\n"
     "  moerun COMMAND --help   options of one command\n"
     "  moerun --version\n";
@@ -69,6 +72,7 @@ static const char *usage_run =
     "      --json             like --each-line, one JSON object per prompt: prompt, text,\n"
     "                         prompt_tokens, tokens, tokens_per_s\n"
     "      --special          match special-token texts in the prompt\n"
+    "      --check-tensors    refuse to run a file with a NaN or Inf weight (reads it all)\n"
     "      --raw              send the prompt as is; by default a model with a chat template\n"
     "                         gets it as one user turn, followed by the assistant's opening\n"
     "      --system TEXT      add a system turn before the prompt\n"
@@ -87,7 +91,9 @@ static const char *usage_info =
     "Prints architecture, hyper-parameters, tokenizer, file size, parameter count and a\n"
     "histogram of tensor types to stdout.\n"
     "\n"
-    "      --tensors   also list every tensor: name, type, shape, bytes\n";
+    "      --tensors        also list every tensor: name, type, shape, bytes\n"
+    "      --check-tensors  dequantize every tensor and fail (exit 1) at the first NaN or\n"
+    "                       Inf, naming the tensor and the index\n";
 
 static const char *usage_tokenize =
     "usage: moerun tokenize [-m] MODEL [TEXT] [--bos] [--special] [--show | --detok]\n"
@@ -241,6 +247,7 @@ static int parse_switch(struct options *o, const char *a) {
     if (is_flag(a, NULL, "--ids")) return o->print_ids = 1, 1;
     if (is_flag(a, NULL, "--decode")) return o->decode = 1, 1;
     if (is_flag(a, NULL, "--tensors")) return o->show_tensors = 1, 1;
+    if (is_flag(a, NULL, "--check-tensors")) return o->check_tensors = 1, 1;
     if (is_flag(a, NULL, "--detok")) return o->detok = 1, 1;
     if (is_flag(a, NULL, "--raw")) return o->raw = 1, 1;
     if (is_flag(a, NULL, "--each-line")) return o->each_line = 1, 1;
@@ -272,7 +279,7 @@ static const char *accepted_flags(const char *cmd) {
     if (!strcmp(cmd, "eval"))
         return " -m --model -t --threads -v --verbose -q --quiet --tokens --logits --decode"
                " --prefill --blas-batch -c --ctx-size ";
-    if (!strcmp(cmd, "info")) return " -m --model --tensors ";
+    if (!strcmp(cmd, "info")) return " -m --model --tensors --check-tensors ";
     if (!strcmp(cmd, "tokenize")) return " -m --model --bos --special --detok --show ";
     return " ";
 }
@@ -479,6 +486,11 @@ int open_model(struct model *m, const struct options *o, double *load_secs) {
         return -1;
     }
     *load_secs = time_now() - t0;
+    if (o->n_ctx > 0 && (uint32_t)o->n_ctx > m->hp.n_ctx_train && o->verbosity >= V_NORMAL)
+        fprintf(stderr,
+                "moerun: warning: -c %d is longer than the %u positions the model was trained "
+                "on; quality past them is not what the model was made for\n",
+                o->n_ctx, m->hp.n_ctx_train);
     return 0;
 }
 
@@ -548,11 +560,20 @@ static void print_tensor_histogram(const struct gguf_file *f) {
     }
 }
 
+/* A string from a file, with control bytes shown as '?': a hostile name must not drive the
+ * terminal. */
+static void print_file_str(const char *s, size_t n, int width) {
+    for (size_t i = 0; i < n; i++) putchar((unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i]);
+    for (int pad = width - (int)n; pad > 0; pad--) putchar(' ');
+}
+
 static void print_tensors(const struct gguf_file *f) {
     printf("tensors:\n");
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const struct gguf_tensor *t = &f->tensors[i];
-        printf("  %-40.*s %-6s [", (int)t->name.len, t->name.data, qtype_name(t->type));
+        printf("  ");
+        print_file_str(t->name.data, t->name.len, 40);
+        printf(" %-6s [", qtype_name(t->type));
         for (uint32_t d = 0; d < t->n_dims; d++) printf(d ? ", %lld" : "%lld", (long long)t->ne[d]);
         printf("] %llu bytes\n", (unsigned long long)t->nbytes);
     }
@@ -634,11 +655,28 @@ static int cmd_info(struct options *o) {
     printf("size: %s (%llu bytes), GGUF v%u, %llu keys, %llu tensors\n",
            human_bytes((double)m.file.size, size, sizeof size), (unsigned long long)m.file.size,
            m.file.version, (unsigned long long)m.file.n_kv, (unsigned long long)m.file.n_tensors);
-    if (name.len) printf("name: %.*s\n", (int)name.len, name.data);
+    if (name.len) {
+        printf("name: ");
+        print_file_str(name.data, name.len, 0);
+        printf("\n");
+    }
     print_hparams(&m);
     print_tokenizer(&m);
     print_tensor_histogram(&m.file);
     if (o->show_tensors) print_tensors(&m.file);
+    if (o->check_tensors) {
+        struct check_stats st;
+        int rc = check_tensors(&m.file, &st);
+        printf("check: %llu of %llu tensors scanned (%llu values), %llu of types moerun cannot "
+               "read skipped: %s\n",
+               (unsigned long long)st.n_checked, (unsigned long long)st.n_tensors,
+               (unsigned long long)st.n_values, (unsigned long long)st.n_skipped,
+               rc < 0 ? "a value is not finite" : "all finite");
+        if (rc < 0) {
+            model_free(&m);
+            return error_exit(o->cmd);
+        }
+    }
     model_free(&m);
     return 0;
 }
@@ -762,6 +800,7 @@ int main(int argc, char **argv) {
     /* the model-file tools parse their own arguments */
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(argv[1], "convert")) return cmd_convert(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version")) {
         printf("moerun %s (%s)\n", MOERUN_VERSION, cpu_has_blas() ? "cpu, openblas" : "cpu");
         return 0;

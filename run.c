@@ -2,6 +2,7 @@
  * streamed to stdout and nothing else there. Exit status: 0 done, 1 model or usage error,
  * 2 unreadable input, 130 interrupted; a closed downstream pipe ends quietly with 0. */
 #include "chat.h"
+#include "check.h"
 #include "cli.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -401,6 +402,10 @@ int cmd_run(struct options *o) {
     struct model m;
     double load_secs;
     if (open_model(&m, o, &load_secs) < 0) return error_exit(o->cmd);
+    if (o->check_tensors && check_tensors(&m.file, NULL) < 0) {
+        model_free(&m);
+        return error_exit(o->cmd);
+    }
     if (!o->seed_given) o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     /* a closed pipe shows as EPIPE on write; Ctrl-C stops generation between tokens */
     signal(SIGPIPE, SIG_IGN);

@@ -14,6 +14,10 @@ void err_set(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
     va_end(ap);
+    /* messages quote strings from files: a newline or escape sequence in one must not reach
+     * the terminal or split the one-line error */
+    for (char *p = err_buf; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
 }
 
 const char *err_get(void) { return err_buf[0] ? err_buf : "unknown error"; }
