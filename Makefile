@@ -78,7 +78,7 @@ MAIN_OBJ := $(BUILD)/main.o $(BUILD)/run.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test asan format clean run check-build
+.PHONY: all test asan asan-malformed format clean run check-build
 all: moerun
 
 moerun: $(BUILD)/moerun
@@ -116,6 +116,18 @@ test: $(BUILD)/moerun $(BUILD)/mktiny $(TEST_BIN)
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" EXTRA_CFLAGS="$(SAN)" EXTRA_LDFLAGS="$(SAN)" test
+
+# The malformed-input suites alone under ASan + UBSan (CI runs these; `make asan` runs all).
+ASAN_SUITES := test_gguf test_malformed test_errors
+asan-malformed:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" EXTRA_CFLAGS="$(SAN)" EXTRA_LDFLAGS="$(SAN)" \
+	    build-asan/moerun $(ASAN_SUITES:%=build-asan/tests/%)
+	@for t in $(ASAN_SUITES); do \
+	    BIN=build-asan/moerun build-asan/tests/$$t >build-asan/$$t.log 2>&1; rc=$$?; \
+	    echo "$$t under ASan+UBSan: $$(grep -c '^ok ' build-asan/$$t.log) ok," \
+	        "$$(grep -c '^FAIL ' build-asan/$$t.log) failed, exit $$rc"; \
+	    grep '^FAIL ' build-asan/$$t.log; [ $$rc -eq 0 ] || exit 1; \
+	done
 
 run: moerun
 	./moerun run -p "In the beginning" -n 64
