@@ -5,12 +5,8 @@ set -u
 BIN=${BIN:-./moerun}
 FIX=${MOERUN_FIXTURES:-../shared/fixtures}
 S=$FIX/llama2c-stories/stories260K.gguf
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 
-check() { # name, condition-result (0 = pass), detail
-    if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi
-}
 
 for cmd in run info tokenize eval; do
     out=$("$BIN" $cmd --help 2>/dev/null)

@@ -11,12 +11,8 @@ FIX=${MOERUN_FIXTURES:-../shared/fixtures}
 REF=$(cd "$(dirname "$0")" && pwd)/ref
 TS=$FIX/tinyseek-kjv
 C=$FIX/compat
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 
-check() { # name, condition-result (0 = pass), detail
-    if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi
-}
 
 case "$("$BIN" convert --help 2>/dev/null)" in
 "usage: moerun convert"*) ;;

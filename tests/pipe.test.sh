@@ -4,9 +4,7 @@
 # downstream pipe. Uses the built-in model (models/, found beside the binary).
 set -u
 BIN=${BIN:-./moerun}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-check() { if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi; }
+. "$(dirname "$0")/lib.sh"
 
 printf 'In the beginning\nAnd God said\n' | "$BIN" run --each-line -n 8 --temp 0 >"$tmp/out" 2>"$tmp/err"
 rc=$?

@@ -8,12 +8,8 @@ set -u
 BIN=${BIN:-./moerun}
 MKTINY=${MKTINY:-$(dirname "$BIN")/mktiny}
 [ -x "$MKTINY" ] || MKTINY=build/mktiny
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 
-check() { # name, condition-result (0 = pass), detail
-    if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi
-}
 # No OUT and no OUT.tmp.<pid> left behind.
 no_output() { [ ! -e "$1" ] && [ -z "$(ls "$1".tmp.* 2>/dev/null)" ]; }
 

@@ -11,12 +11,8 @@ set -u
 BIN=${BIN:-./moerun}
 REF=$(cd "$(dirname "$0")" && pwd)/ref
 BOUND=1e-3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 
-check() { # name, condition-result (0 = pass), detail
-    if [ "$2" -eq 0 ]; then echo "ok $1"; else echo "FAIL $1: $3"; fi
-}
 
 case "$("$BIN" convert --help 2>/dev/null)" in
 "usage: moerun convert"*) ;;
