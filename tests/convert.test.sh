@@ -13,14 +13,7 @@ TS=$FIX/tinyseek-kjv
 C=$FIX/compat
 . "$(dirname "$0")/lib.sh"
 
-
-case "$("$BIN" convert --help 2>/dev/null)" in
-"usage: moerun convert"*) ;;
-*)
-    echo "SKIP convert: $BIN has no convert subcommand"
-    exit 0
-    ;;
-esac
+require_subcommand convert convert || exit 0
 if ! command -v python3 >/dev/null; then
     echo "SKIP convert: python3 not found (the checks read GGUF and safetensors with it)"
     exit 0

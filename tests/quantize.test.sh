@@ -13,14 +13,7 @@ MKTINY=${MKTINY:-$(dirname "$BIN")/mktiny}
 # No OUT and no OUT.tmp.<pid> left behind.
 no_output() { [ ! -e "$1" ] && [ -z "$(ls "$1".tmp.* 2>/dev/null)" ]; }
 
-out=$("$BIN" quantize --help 2>/dev/null)
-case "$out" in
-"usage: moerun quantize"*) ;;
-*)
-    echo "SKIP quantize: $BIN has no quantize subcommand"
-    exit 0
-    ;;
-esac
+require_subcommand quantize quantize || exit 0
 check "quantize --help" 0 ""
 if [ ! -x "$MKTINY" ]; then
     echo "SKIP quantize: no mktiny at $MKTINY"

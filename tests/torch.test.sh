@@ -13,14 +13,7 @@ REF=$(cd "$(dirname "$0")" && pwd)/ref
 BOUND=1e-3
 . "$(dirname "$0")/lib.sh"
 
-
-case "$("$BIN" convert --help 2>/dev/null)" in
-"usage: moerun convert"*) ;;
-*)
-    echo "SKIP torch: $BIN has no convert subcommand"
-    exit 0
-    ;;
-esac
+require_subcommand torch convert || exit 0
 PY=
 for p in ${TORCH_PYTHON:-} python3 /usr/bin/python3; do
     if command -v "$p" >/dev/null && "$p" -c 'import torch, numpy' 2>/dev/null; then
