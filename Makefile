@@ -71,7 +71,7 @@ else
 endif
 
 LIB_SRC := util.c gguf.c quant.c cpu.c model.c tokenizer.c unicode.c sampler.c moe.c chat.c \
-           repl.c json.c safetensors.c tools/convert.c tools/convert_vocab.c tools/quantize.c \
+           repl.c json.c safetensors.c tools/convert.c tools/convert_vocab.c tools/convert_spm.c tools/quantize.c \
            bench.c check.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/main.o $(BUILD)/run.o
@@ -146,7 +146,7 @@ clean:
 #   make fuzz-smoke  run each target FUZZ_TIME seconds (default 60) from its seed corpus in
 #                    tests/fuzz/corpus/<target>; new inputs go to a temporary directory, a crash
 #                    to build-fuzz/crash-* and a failed run
-FUZZ_TARGETS := fuzz_gguf fuzz_tokenizer fuzz_chat
+FUZZ_TARGETS := fuzz_gguf fuzz_tokenizer fuzz_chat fuzz_spm
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \

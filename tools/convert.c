@@ -30,9 +30,11 @@
 const char *const convert_usage =
     "usage: moerun convert HF_DIR -o OUT.gguf [--outtype f32|f16|bf16|q8_0] [--name NAME]\n"
     "\n"
-    "Converts a Hugging Face checkpoint directory (config.json, tokenizer.json,\n"
-    "tokenizer_config.json, model.safetensors or model.safetensors.index.json + shards) to\n"
-    "one GGUF file with llama.cpp's tensor names, layouts and metadata keys.\n"
+    "Converts a Hugging Face checkpoint directory (config.json, tokenizer.json or a\n"
+    "SentencePiece tokenizer.model, tokenizer_config.json, model.safetensors or\n"
+    "model.safetensors.index.json + shards) to one GGUF file with llama.cpp's tensor names,\n"
+    "layouts and metadata keys. Llama, Mixtral and Qwen2 take tokenizer.model when there is\n"
+    "one, as llama.cpp's converter does.\n"
     "\n"
     "  -o, --outfile FILE   output GGUF (written to a temporary file, renamed at the end)\n"
     "      --outtype T      f32, f16 (default), bf16 or q8_0 for the 2-D/3-D weights;\n"
@@ -1103,7 +1105,7 @@ static int convert(struct conv *c) {
     key_general(c);
     if (c->arch->keys(c)) return -1;
     gguf_set_u32(c->w, "general.quantization_version", 2);
-    if (convert_vocab(c->w, c->dir, c->config.root, c->hp.n_vocab)) return -1;
+    if (convert_vocab(c->w, c->dir, c->config.root, c->hp.n_vocab, c->arch->hf)) return -1;
     catch_signals(c->out_path);
     c->t0 = time_now();
     int rc = gguf_writer_write(c->w, c->out_path);

@@ -1,4 +1,5 @@
-/* The tokenizer half of moerun convert: a byte-level BPE tokenizer.json into the
+/* The tokenizer half of moerun convert: a byte-level BPE tokenizer.json, or for the
+ * architectures whose llama.cpp converter prefers it a SentencePiece tokenizer.model, into the
  * tokenizer.ggml.* keys, with the token types, special token ids and flags that llama.cpp's
  * converter (gguf-py's SpecialVocab) derives, and the pre-tokenizer name recognized from the
  * split rules instead of llama.cpp's hash of a sample tokenization. */
@@ -11,8 +12,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
-enum tok_type { TOK_NORMAL = 1, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5 };
+enum tok_type {
+    TOK_NORMAL = 1,
+    TOK_UNKNOWN = 2,
+    TOK_CONTROL = 3,
+    TOK_USER_DEFINED = 4,
+    TOK_UNUSED = 5,
+    TOK_BYTE = 6
+};
 
 struct vocab {
     int64_t n;
@@ -349,13 +358,191 @@ static int vocab_from(struct gguf_writer *w, const char *dir, const struct json 
     return rc;
 }
 
+/* ---- SentencePiece (tokenizer.model), as llama.cpp's _create_vocab_sentencepiece ---- */
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Python's bool() of a JSON value, which is what llama.cpp's converter writes */
+static int truthy(const struct json *e) {
+    int container = e->type == JSON_STRING || e->type == JSON_ARRAY || e->type == JSON_OBJECT;
+    return e->type == JSON_TRUE || (e->type == JSON_NUMBER && e->num != 0) ||
+           (container && e->len > 0);
+}
+
+struct spm_vocab {
+    int64_t n;
+    char **tokens;  /* (n) owned */
+    float *scores;  /* (n) */
+    int32_t *types; /* (n) */
+};
+
+static void spm_set(struct spm_vocab *v, int64_t id, char *text, float score, int32_t type) {
+    free(v->tokens[id]);
+    v->tokens[id] = text;
+    v->scores[id] = score;
+    v->types[id] = type;
+}
+
+static void warn_range(const char *file, int64_t id, const char *text, int64_t n) {
+    fprintf(stderr,
+            "moerun convert: warning: %s: token id %lld (\"%s\") is outside vocab_size %lld; "
+            "ignored\n",
+            file, (long long)id, text, (long long)n);
+}
+
+/* added_tokens.json: {"text": id, ...}, user-defined tokens taken as written. */
+static int spm_added_json(struct spm_vocab *v, const char *dir) {
+    char *path = path_join(dir, "added_tokens.json");
+    struct json_doc d = {0};
+    int rc = is_file(path) ? json_parse_file(&d, path, 1u << 30) : 0;
+    if (rc == 0 && d.root && d.root->type != JSON_OBJECT)
+        rc = (err_set("%s: not a JSON object", path), -1);
+    for (const struct json *e = rc == 0 && d.root ? d.root->child : NULL; e; e = e->next) {
+        if (e->type != JSON_NUMBER || !e->is_int || e->i < 0) {
+            rc = (err_set("%s: \"%s\" is not a token id", path, e->key), -1);
+            break;
+        }
+        if (e->i >= v->n)
+            warn_range(path, e->i, e->key, v->n);
+        else
+            spm_set(v, e->i, xstrdup(e->key), -1000.0f, TOK_USER_DEFINED);
+    }
+    json_free(&d);
+    free(path);
+    return rc;
+}
+
+/* tokenizer_config.json's added_tokens_decoder: {"id": {"content": ..., "special": ...}}.
+ * Special (or special-looking) ones are control tokens; the others user-defined, stored
+ * pre-normalized (U+2581 as a space). */
+static int spm_added_decoder(struct spm_vocab *v, const char *dir, const struct json *tc) {
+    const struct json *dec = json_get(tc, "added_tokens_decoder");
+    for (const struct json *e = dec ? dec->child : NULL; e; e = e->next) {
+        char *end = NULL;
+        long long id = e->key ? strtoll(e->key, &end, 10) : -1;
+        const char *content = json_get_str(e, "content");
+        if (!e->key || !*e->key || *end || id < 0 || !content)
+            return err_set("%s/tokenizer_config.json: added_tokens_decoder[\"%s\"]: needs a "
+                           "non-negative integer key and a \"content\" string",
+                           dir, e->key ? e->key : ""),
+                   -1;
+        if (id >= v->n) {
+            char *path = path_join(dir, "tokenizer_config.json added_tokens_decoder");
+            warn_range(path, id, content, v->n);
+            free(path);
+            continue;
+        }
+        const struct json *sp = json_get(e, "special");
+        if ((sp && truthy(sp)) || looks_special(content))
+            spm_set(v, id, xstrdup(content), -1000.0f, TOK_CONTROL);
+        else
+            spm_set(v, id, spaces_for_u2581(content), -1000.0f, TOK_USER_DEFINED);
+    }
+    return 0;
+}
+
+/* llama.cpp's converter keeps unknown, control, unused and byte pieces' types and makes
+ * every other piece (user-defined ones too) NORMAL. */
+static int32_t gguf_type_of(int32_t spm_type) {
+    switch (spm_type) {
+    case SPM_UNKNOWN:
+        return TOK_UNKNOWN;
+    case SPM_CONTROL:
+        return TOK_CONTROL;
+    case SPM_UNUSED:
+        return TOK_UNUSED;
+    case SPM_BYTE:
+        return TOK_BYTE;
+    default:
+        return TOK_NORMAL;
+    }
+}
+
+static int vocab_spm(struct gguf_writer *w, const char *dir, const char *model_path,
+                     const struct json *tok, const struct json *tc, const struct json *cfg,
+                     int64_t n_vocab) {
+    struct spm_model m;
+    if (spm_load(&m, model_path)) return -1;
+    /* every id starts as padding; the pieces, then the added tokens, overwrite it */
+    int64_t n = n_vocab > 0 ? n_vocab : m.n;
+    struct spm_vocab v = {n, xcalloc((size_t)n, sizeof(char *)), xcalloc((size_t)n, sizeof(float)),
+                          xcalloc((size_t)n, sizeof(int32_t))};
+    for (int64_t i = 0; i < n; i++) {
+        char pad[32];
+        snprintf(pad, sizeof pad, "[PAD%lld]", (long long)i);
+        spm_set(&v, i, xstrdup(pad), -10000.0f, TOK_UNUSED);
+    }
+    if (m.n > n)
+        fprintf(stderr,
+                "moerun convert: warning: %s has %lld pieces, more than vocab_size %lld; pieces "
+                "from id %lld on are ignored\n",
+                model_path, (long long)m.n, (long long)n, (long long)n);
+    for (int64_t i = 0; i < m.n && i < n; i++) {
+        spm_set(&v, i, m.pieces[i].text, m.pieces[i].score, gguf_type_of(m.pieces[i].type));
+        m.pieces[i].text = NULL; /* moved */
+    }
+    spm_free(&m);
+    int rc = spm_added_json(&v, dir) || spm_added_decoder(&v, dir, tc) ? -1 : 0;
+    if (rc == 0) {
+        gguf_set_str(w, "tokenizer.ggml.model", "llama");
+        gguf_set_str(w, "tokenizer.ggml.pre", "default");
+        gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tokens, (uint64_t)n);
+        gguf_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, v.scores, (uint64_t)n);
+        gguf_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, v.types, (uint64_t)n);
+        write_specials(w, tok, tc, cfg, n);
+        write_template(w, dir, tc);
+    }
+    for (int64_t i = 0; i < n; i++) free(v.tokens[i]);
+    free(v.tokens), free(v.scores), free(v.types);
+    return rc;
+}
+
+/* ---- which tokenizer, per architecture ---- */
+
+/* What llama.cpp's LlamaModel.set_vocab adds after the vocabulary, whichever kind it was:
+ * CodeLlama's <EOT> (its prefix/suffix/middle ids have no key in today's gguf-py),
+ * tokenizer_config.json's add_prefix_space, and no BOS for vocab_size 49152 ("granite small
+ * models" there). */
+static void llama_extras(struct gguf_writer *w, const struct json *tc, int64_t n_vocab) {
+    if (n_vocab == 32016) gguf_set_u32(w, "tokenizer.ggml.eot_token_id", 32010);
+    const struct json *p = json_get(tc, "add_prefix_space");
+    if (p) gguf_set_bool(w, "tokenizer.ggml.add_space_prefix", truthy(p));
+    if (n_vocab == 49152) gguf_set_bool(w, "tokenizer.ggml.add_bos_token", 0);
+}
+
 int convert_vocab(struct gguf_writer *w, const char *dir, const struct json *config,
-                  int64_t vocab_size) {
+                  int64_t vocab_size, const char *arch) {
+    /* llama.cpp tries tokenizer.model first for these, tokenizer.json for the others */
+    int llama = !strcmp(arch, "LlamaForCausalLM") || !strcmp(arch, "MixtralForCausalLM");
+    int spm_first = llama || !strcmp(arch, "Qwen2ForCausalLM");
+    char *model_path = path_join(dir, "tokenizer.model");
+    int spm = spm_first && is_file(model_path);
     struct json_doc tok, tc;
-    if (load_json(&tok, dir, "tokenizer.json", 1)) return -1;
-    if (load_json(&tc, dir, "tokenizer_config.json", 0)) return json_free(&tok), -1;
-    int rc = vocab_from(w, dir, tok.root, tc.root, config, vocab_size);
-    json_free(&tok);
-    json_free(&tc);
+    char *json_path = path_join(dir, "tokenizer.json");
+    int rc = spm_first && !spm && !is_file(json_path)
+                 ? (err_set("%s: neither tokenizer.model nor tokenizer.json", dir), -1)
+                 : load_json(&tok, dir, "tokenizer.json", !spm);
+    free(json_path);
+    if (rc == 0 && load_json(&tc, dir, "tokenizer_config.json", 0)) json_free(&tok), rc = -1;
+    if (rc == 0) {
+        int fallback = 0;
+        json_get_bool(json_get(tok.root, "model"), "byte_fallback", &fallback);
+        if (spm)
+            rc = vocab_spm(w, dir, model_path, tok.root, tc.root, config, vocab_size);
+        else if (llama && fallback)
+            rc = (err_set("%s/tokenizer.json is a SentencePiece-style BPE (byte_fallback): "
+                          "convert needs its tokenizer.model beside it",
+                          dir),
+                  -1);
+        else
+            rc = vocab_from(w, dir, tok.root, tc.root, config, vocab_size);
+        if (rc == 0 && llama) llama_extras(w, tc.root, vocab_size);
+        json_free(&tok);
+        json_free(&tc);
+    }
+    free(model_path);
     return rc;
 }
