@@ -35,6 +35,8 @@ const char *const bench_usage =
     "                 roofline_fraction, decode_bytes_per_token and membw_gbps for decode)\n"
     "  --membw GBPS   memory read bandwidth for the roofline (default: measured, ~0.5 s)\n"
     "  -h, --help     this text\n"
+    "  and the GPU options of moerun run (--device, -ngl, --cpu-moe, --fit, --cpu, --profile);\n"
+    "  on a GPU the roofline column gives the weight bytes read per second instead\n"
     "\n"
     "roofline = weight bytes read per decoded token (attention, dense and shared FFN, the\n"
     "chosen share of the routed experts, output head, one embedding row) x decode t/s /\n"
@@ -44,6 +46,7 @@ struct bench_opts {
     const char *model;
     int n_prompt, n_gen, n_threads, reps, json;
     double membw_gbps; /* 0: measure */
+    struct gpu_params gpu;
 };
 
 /* ---- arguments ---- */
@@ -85,13 +88,21 @@ static int parse_one(struct bench_opts *o, int argc, char **argv, int *i) {
         o->model = a[0] == '-' ? argv[++*i] : a;
         return 0;
     }
-    int rc;
-    if (!strcmp(a, "-p")) rc = parse_int(a, v, 0, 1 << 20, &o->n_prompt);
-    else if (!strcmp(a, "-n")) rc = parse_int(a, v, 0, 1 << 20, &o->n_gen);
-    else if (!strcmp(a, "-t")) rc = parse_int(a, v, 1, 1024, &o->n_threads);
-    else if (!strcmp(a, "-r")) rc = parse_int(a, v, 1, 1000, &o->reps);
-    else if (!strcmp(a, "--membw")) rc = parse_gbps(v, &o->membw_gbps);
-    else return usage_error("unknown option '%s'", a);
+    int rc = gpu_option(&o->gpu, a, v);
+    if (rc < 0) return usage_error("%s", err_get());
+    if (rc) return *i += rc - 1, 0;
+    if (!strcmp(a, "-p"))
+        rc = parse_int(a, v, 0, 1 << 20, &o->n_prompt);
+    else if (!strcmp(a, "-n"))
+        rc = parse_int(a, v, 0, 1 << 20, &o->n_gen);
+    else if (!strcmp(a, "-t"))
+        rc = parse_int(a, v, 1, 1024, &o->n_threads);
+    else if (!strcmp(a, "-r"))
+        rc = parse_int(a, v, 1, 1000, &o->reps);
+    else if (!strcmp(a, "--membw"))
+        rc = parse_gbps(v, &o->membw_gbps);
+    else
+        return usage_error("unknown option '%s'", a);
     ++*i;
     return rc;
 }
@@ -156,8 +167,8 @@ double bench_read_bandwidth(int n_threads, size_t bytes, double secs) {
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, (unsigned)n_threads);
     for (int i = 0; i < n_threads; i++) {
-        jobs[i] = (struct bw_job){.p = buf + share * (size_t)i, .n = share, .secs = secs,
-                                  .start = &start};
+        jobs[i] = (struct bw_job){
+            .p = buf + share * (size_t)i, .n = share, .secs = secs, .start = &start};
         if (i && pthread_create(&th[i], NULL, bw_thread, &jobs[i])) die("pthread_create");
     }
     bw_thread(&jobs[0]);
@@ -256,8 +267,10 @@ static int run_test(struct model *m, const struct bench_opts *o, int pp, struct 
         int warm = r < 0 && !pp; /* decode warms up on a few tokens */
         int k = warm ? (n < 4 ? n : 4) : n;
         double t = pp ? time_prefill(m, ids, k, logits) : time_decode(m, ids, k, logits);
-        if (t < 0) rc = -1;
-        else if (r >= 0) s->ts[s->n++] = t > 0 ? k / t : 0;
+        if (t < 0)
+            rc = -1;
+        else if (r >= 0)
+            s->ts[s->n++] = t > 0 ? k / t : 0;
     }
     if (rc == 0) stats_finish(s, n);
     free(ids), free(logits);
@@ -270,7 +283,7 @@ static const char *ftype_name(const struct model *m) {
     static const struct {
         uint32_t ft;
         const char *name;
-    } names[] = {{0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},   {7, "Q8_0"},
+    } names[] = {{0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},
                  {8, "Q5_0"},    {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"},
                  {13, "Q3_K_L"}, {14, "Q4_K_S"}, {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"},
                  {18, "Q6_K"},   {32, "BF16"}};
@@ -291,6 +304,7 @@ struct report {
     char type[96];
     uint64_t size, n_params;
     int n_threads;
+    int gpu;                    /* the layers run on a GPU: no CPU roofline */
     double decode_bytes, membw; /* bytes/token, bytes/s */
 };
 
@@ -298,9 +312,12 @@ static void json_str(const char *s) {
     putchar('"');
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
     }
     putchar('"');
 }
@@ -311,16 +328,19 @@ static void print_json(const struct bench_opts *o, const struct report *r, int p
     json_str(o->model);
     printf(", \"model_type\": ");
     json_str(r->type);
-    printf(", \"model_size\": %llu, \"model_n_params\": %llu, \"backends\": \"CPU\", "
+    printf(", \"model_size\": %llu, \"model_n_params\": %llu, \"backends\": \"%s\", "
            "\"n_batch\": %d, \"n_threads\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
            "\"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, \"stddev_ts\": %.6f, "
            "\"samples_ts\": [",
-           (unsigned long long)r->size, (unsigned long long)r->n_params, batch, r->n_threads,
-           pp ? o->n_prompt : 0, pp ? 0 : o->n_gen, s->avg_ns, s->stddev_ns, s->avg_ts,
-           s->stddev_ts);
+           (unsigned long long)r->size, (unsigned long long)r->n_params, r->gpu ? "Vulkan" : "CPU",
+           batch, r->n_threads, pp ? o->n_prompt : 0, pp ? 0 : o->n_gen, s->avg_ns, s->stddev_ns,
+           s->avg_ts, s->stddev_ts);
     for (int i = 0; i < s->n; i++) printf("%s%.6f", i ? ", " : "", s->ts[i]);
     printf("]");
-    if (!pp)
+    if (!pp && r->gpu)
+        printf(", \"decode_bytes_per_token\": %.0f, \"weights_gbps\": %.3f", r->decode_bytes,
+               r->decode_bytes * s->avg_ts / 1e9);
+    else if (!pp)
         printf(", \"decode_bytes_per_token\": %.0f, \"membw_gbps\": %.3f, "
                "\"roofline_fraction\": %.4f",
                r->decode_bytes, r->membw / 1e9, r->decode_bytes * s->avg_ts / r->membw);
@@ -331,8 +351,8 @@ static void print_header(void) {
     printf("| %-30s | %10s | %10s | %-7s | %7s | %8s | %18s | %8s |\n", "model", "size", "params",
            "backend", "threads", "test", "t/s", "roofline");
     printf("| %.30s | %.10s | %.10s | %.7s | %.7s | %.8s | %.18s | %.8s |\n",
-           "------------------------------", "---------:", "---------:", "-------", "------:",
-           "-------:", "-----------------:", "-------:");
+           "------------------------------", "---------:", "---------:", "-------",
+           "------:", "-------:", "-----------------:", "-------:");
 }
 
 static void print_row(const struct bench_opts *o, const struct report *r, int pp,
@@ -343,13 +363,20 @@ static void print_row(const struct bench_opts *o, const struct report *r, int pp
     snprintf(params, sizeof params, "%.2f %s", n >= 1e9 ? n / 1e9 : n / 1e6, n >= 1e9 ? "B" : "M");
     snprintf(test, sizeof test, "%s%d", pp ? "pp" : "tg", pp ? o->n_prompt : o->n_gen);
     snprintf(ts, sizeof ts, "%.2f ± %.2f", s->avg_ts, s->stddev_ts);
-    if (!pp) snprintf(roof, sizeof roof, "%.1f%%", 100 * r->decode_bytes * s->avg_ts / r->membw);
+    if (!pp && r->gpu)
+        snprintf(roof, sizeof roof, "%.0fGB/s", r->decode_bytes * s->avg_ts / 1e9);
+    else if (!pp)
+        snprintf(roof, sizeof roof, "%.1f%%", 100 * r->decode_bytes * s->avg_ts / r->membw);
     /* "±" is two bytes and one column: pad by one more */
     printf("| %-30s | %10s | %10s | %-7s | %7d | %8s | %19s | %8s |\n", r->type, size, params,
-           "CPU", r->n_threads, test, ts, roof);
+           r->gpu ? "Vulkan" : "CPU", r->n_threads, test, ts, roof);
 }
 
 static void print_footer(const struct bench_opts *o, const struct report *r) {
+    if (r->gpu) {
+        printf("\ndecode reads %.1f MiB of weights per token\n", r->decode_bytes / (1024.0 * 1024));
+        return;
+    }
     printf("\ndecode reads %.1f MiB of weights per token; read bandwidth with %d thread%s: "
            "%.2f GB/s (%s)\n",
            r->decode_bytes / (1024.0 * 1024), r->n_threads, r->n_threads == 1 ? "" : "s",
@@ -373,16 +400,23 @@ static int open_bench_model(struct model *m, const struct bench_opts *o, struct 
     int threads = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;
     /* before the pool starts, so nothing else competes for the cores */
-    r->membw = o->membw_gbps > 0  ? o->membw_gbps * 1e9
-               : o->n_gen > 0     ? bench_read_bandwidth(threads, (size_t)256 << 20, 0.5)
-                                  : 0;
+    r->membw = o->membw_gbps > 0 ? o->membw_gbps * 1e9
+               : o->n_gen > 0    ? bench_read_bandwidth(threads, (size_t)256 << 20, 0.5)
+                                 : 0;
     int n_ctx = o->n_prompt > o->n_gen ? o->n_prompt : o->n_gen;
-    struct model_params mp = {.n_ctx = n_ctx < 16 ? 16 : n_ctx, .n_threads = threads};
+    struct model_params mp = {
+        .n_ctx = n_ctx < 16 ? 16 : n_ctx, .n_threads = threads, .gpu = o->gpu};
     if (model_init(m, &mp) < 0) {
         model_free(m);
         return -1;
     }
     r->n_threads = cpu_n_threads(m->cpu);
+    r->gpu = m->gpu != NULL;
+    if (!o->json) { /* JSON output stays alone on its streams */
+        char backend[400];
+        model_backend_text(m, backend, sizeof backend);
+        fprintf(stderr, "moerun bench: %s\n", backend);
+    }
     return 0;
 }
 
@@ -392,8 +426,10 @@ static int run_all(struct model *m, const struct bench_opts *o, const struct rep
         if (!(pp ? o->n_prompt : o->n_gen)) continue;
         struct stats *s = xmalloc(sizeof *s);
         int rc = run_test(m, o, pp, s);
-        if (rc == 0 && o->json) print_json(o, r, pp, s, m->max_batch);
-        else if (rc == 0) print_row(o, r, pp, s);
+        if (rc == 0 && o->json)
+            print_json(o, r, pp, s, m->max_batch);
+        else if (rc == 0)
+            print_row(o, r, pp, s);
         free(s);
         if (rc) return -1;
         fflush(stdout);
@@ -404,6 +440,7 @@ static int run_all(struct model *m, const struct bench_opts *o, const struct rep
 
 int cmd_bench(int argc, char **argv) {
     struct bench_opts o = {.n_prompt = 128, .n_gen = 32, .reps = 3};
+    gpu_params_default(&o.gpu);
     int rc = parse_args(&o, argc, argv);
     if (rc) return rc > 0 ? 0 : 1;
     struct model m;

@@ -43,6 +43,7 @@ struct options {
     int special;
     int seed_given;
     struct sampler_params sp;
+    struct gpu_params gpu;
 };
 
 /* Subcommands outside main.c. */

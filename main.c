@@ -1,17 +1,18 @@
 /* moerun: argument parsing and the subcommands. No math here. */
+#include "bench.h"
 #include "chat.h"
+#include "check.h"
 #include "cli.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
 #include "repl.h"
-#include "bench.h"
-#include "check.h"
-#include "tools/convert.h"
-#include "tools/quantize.h"
 #include "sampler.h"
 #include "tokenizer.h"
+#include "tools/convert.h"
+#include "tools/quantize.h"
 #include "util.h"
+#include "vk.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@ static const char *usage_main =
     "  convert   turn a Hugging Face checkpoint (safetensors) into a GGUF file\n"
     "  quantize  write a GGUF file with its weights in another block format\n"
     "  bench     prefill and decode speed, llama-bench style, with the decode roofline\n"
+    "  devices   list the Vulkan devices and what moerun can use of them\n"
     "\n"
     "  moerun COMMAND --help   options of one command\n"
     "  moerun --version\n";
@@ -297,13 +299,26 @@ static int in_list(const char *list, const char *flag) {
     return 0;
 }
 
+static int takes_gpu_options(const char *cmd) {
+    return !strcmp(cmd, "run") || !strcmp(cmd, "chat") || !strcmp(cmd, "eval");
+}
+
 /* Returns 0 to go on, 1 when help was printed, -1 on a usage error. */
 static int parse_args(struct options *o, int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (is_flag(a, "-h", "--help")) {
             fputs(usage_for(o->cmd), stdout);
+            if (takes_gpu_options(o->cmd)) printf("\nGPU (Vulkan):\n%s", gpu_usage);
             return 1;
+        }
+        int g = takes_gpu_options(o->cmd)
+                    ? gpu_option(&o->gpu, a, i + 1 < argc ? argv[i + 1] : NULL)
+                    : 0;
+        if (g < 0) return fail(o->cmd, "%s", err_get());
+        if (g) {
+            i += g - 1;
+            continue;
         }
         if (a[0] != '-' || a[1] == '\0') {
             if (parse_positional(o, a) < 0) return -1;
@@ -466,12 +481,12 @@ void load_summary(const struct model *m, const struct options *o, double secs) {
         snprintf(active, sizeof active, " (%s active)",
                  human_count((double)m->n_params_active, a, sizeof a));
     }
-    fprintf(stderr,
-            "moerun: %s: %s, %s params%s, %s, %u layers, ctx %d, cpu %d threads%s, loaded in "
-            "%.2f s\n",
+    char backend[400];
+    model_backend_text(m, backend, sizeof backend);
+    fprintf(stderr, "moerun: %s: %s, %s params%s, %s, %u layers, ctx %d, %s, loaded in %.2f s\n",
             m->file.path, m->arch_name, params, active,
-            human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx,
-            cpu_n_threads(m->cpu), cpu_has_blas() ? " + OpenBLAS" : "", secs);
+            human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx, backend,
+            secs);
 }
 
 /* Loads and prepares the model; the caller prints the summary once the input is known good,
@@ -479,8 +494,11 @@ void load_summary(const struct model *m, const struct options *o, double secs) {
 int open_model(struct model *m, const struct options *o, double *load_secs) {
     double t0 = time_now();
     if (model_load(m, o->model) < 0) return -1;
-    struct model_params mp = {
-        .n_ctx = o->n_ctx, .n_threads = o->n_threads, .blas_min_batch = o->blas_min_batch};
+    struct model_params mp = {.n_ctx = o->n_ctx,
+                              .n_threads = o->n_threads,
+                              .blas_min_batch = o->blas_min_batch,
+                              .gpu = o->gpu};
+    mp.gpu.verbose = o->verbosity >= V_VERBOSE;
     if (model_init(m, &mp) < 0) {
         model_free(m);
         return -1;
@@ -786,8 +804,28 @@ static int cmd_chat(struct options *o) {
         .no_history = o->no_history,
         .verbosity = o->verbosity,
         .think_mode = o->think_mode,
+        .gpu = o->gpu,
     };
     return repl_run(&cfg);
+}
+
+/* ---- devices ---- */
+
+static int cmd_devices(int argc, char **argv) {
+    if (argc > 0 && (!strcmp(argv[0], "-h") || !strcmp(argv[0], "--help"))) {
+        printf("usage: moerun devices\n\nLists every Vulkan device: memory, subgroup size, the "
+               "features moerun\nuses, and whether it can run models (CPU devices such as "
+               "lavapipe only\nwith --device N).\n");
+        return 0;
+    }
+    if (argc > 0) {
+        fprintf(stderr, "moerun devices: unexpected argument '%s'\n", argv[0]);
+        return 1;
+    }
+    int n = vk_list_devices(stdout);
+    if (n < 0) return error_exit("devices");
+    if (n == 0) printf("no Vulkan devices\n");
+    return 0;
 }
 
 /* ---- dispatch ---- */
@@ -801,6 +839,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(argv[1], "convert")) return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "devices")) return cmd_devices(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version")) {
         printf("moerun %s (%s)\n", MOERUN_VERSION, cpu_has_blas() ? "cpu, openblas" : "cpu");
         return 0;
@@ -817,6 +856,7 @@ int main(int argc, char **argv) {
         if (strcmp(argv[1], cmds[i].name)) continue;
         struct options o = {.cmd = cmds[i].name, .n_predict = -1, .verbosity = V_NORMAL};
         sampler_params_default(&o.sp);
+        gpu_params_default(&o.gpu);
         int rc = parse_args(&o, argc - 2, argv + 2);
         if (rc) return rc > 0 ? 0 : 1;
         return cmds[i].fn(&o);

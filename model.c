@@ -754,15 +754,10 @@ static int64_t max3(int64_t a, int64_t b, int64_t c) {
     return m > c ? m : c;
 }
 
-/* The widest values the scratch must hold per token. */
-struct widths {
-    int64_t q, kv, ff, att, att_v, in, act;
-};
-
-static struct widths scratch_widths(const struct model *m) {
+struct model_widths model_scratch_widths(const struct model *m) {
     const struct hparams *hp = &m->hp;
     const struct attn_geometry *g = &m->ag;
-    struct widths w;
+    struct model_widths w;
     int64_t used = hp->n_expert_used ? hp->n_expert_used : 1;
     w.q = max3((int64_t)hp->n_head * hp->head_dim, (int64_t)hp->n_head * hp->head_dim_k_mla,
                hp->q_lora);
@@ -778,7 +773,7 @@ static struct widths scratch_widths(const struct model *m) {
 
 static void alloc_scratch(struct model *m) {
     const struct hparams *hp = &m->hp;
-    struct widths w = scratch_widths(m);
+    struct model_widths w = model_scratch_widths(m);
     size_t B = (size_t)m->max_batch, used = hp->n_expert_used ? hp->n_expert_used : 1;
     m->k_cache =
         xcalloc((size_t)hp->n_layer * (size_t)m->n_ctx * (size_t)m->ag.kv_k, sizeof(float));
@@ -814,7 +809,7 @@ int model_init(struct model *m, const struct model_params *p) {
     m->n_ctx = n_ctx;
     m->max_batch = p->max_batch > 0 ? p->max_batch : 512;
     if (m->max_batch > n_ctx) m->max_batch = n_ctx;
-    struct widths w = scratch_widths(m);
+    struct model_widths w = model_scratch_widths(m);
     struct cpu_config cc = {
         .n_threads = p->n_threads > 0 ? p->n_threads : default_threads(),
         .max_batch = m->max_batch,
@@ -827,10 +822,12 @@ int model_init(struct model *m, const struct model_params *p) {
     };
     m->cpu = cpu_init(&cc);
     alloc_scratch(m);
+    if (p->gpu.enabled && vk_model_init(m, &p->gpu) < 0) return -1;
     return 0;
 }
 
 void model_free(struct model *m) {
+    vk_model_free(m);
     cpu_free(m->cpu);
     void *bufs[] = {m->k_cache,
                     m->v_cache,
@@ -1047,12 +1044,12 @@ static void swiglu_ffn(struct model *m, const struct weight *gate, const struct 
 }
 
 /* Routes every token, then lists the (token, choice) slots of each expert together. */
-static void route_tokens(struct model *m, const struct model_layer *L, int n_tok) {
+static void route_tokens(struct model *m, const struct model_layer *L, int n_tok, int routed) {
     int n_exp = (int)m->hp.n_expert, k = (int)m->hp.n_expert_used;
     struct moe_router_cfg cfg = m->router;
     cfg.bias = L->w[W_FFN_EXP_PROBS_B].t ? vec(&L->w[W_FFN_EXP_PROBS_B]) : NULL;
-    matmul(m, &L->w[W_FFN_GATE_INP], m->xb, n_tok, m->router_logits);
-    for (int t = 0; t < n_tok; t++)
+    if (!routed) matmul(m, &L->w[W_FFN_GATE_INP], m->xb, n_tok, m->router_logits);
+    for (int t = 0; t < n_tok && !routed; t++)
         moe_route(&cfg, m->router_logits + (size_t)t * (size_t)n_exp, m->router_scratch,
                   m->expert_ids + (size_t)t * (size_t)k, m->expert_w + (size_t)t * (size_t)k);
     memset(m->expert_start, 0, ((size_t)n_exp + 1) * sizeof(int32_t));
@@ -1088,11 +1085,12 @@ static void expert_products(struct model *m, const struct weight *w, int64_t r0,
 
 /* Routed experts: gather each expert's tokens, run its SwiGLU once over them, then add the
  * outputs per token weighted, in the router's order (llama.cpp's summation order). */
-static void routed_experts(struct model *m, const struct model_layer *L, int n_tok, float *out) {
+void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, float *out) {
     const struct hparams *hp = &m->hp;
+    const struct model_layer *L = &m->layers[il];
     int k = (int)hp->n_expert_used, slots = n_tok * k;
     int64_t E = hp->n_embd, F = hp->n_ff_exp;
-    route_tokens(m, L, n_tok);
+    route_tokens(m, L, n_tok, routed);
     for (int i = 0; i < slots; i++)
         memcpy(m->moe_in + (size_t)i * (size_t)E,
                m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
@@ -1146,14 +1144,14 @@ static void ffn_block(struct model *m, int il, int n_tok) {
         swiglu_ffn(m, &L->w[W_FFN_GATE], &L->w[W_FFN_UP], &L->w[W_FFN_DOWN], m->xb, n_tok, hp->n_ff,
                    m->proj);
     } else {
-        routed_experts(m, L, n_tok, m->proj);
+        model_routed_experts_cpu(m, il, n_tok, 0, m->proj);
         if (L->w[W_FFN_DOWN_SHEXP].t) shared_experts(m, L, n_tok, m->proj);
     }
     cpu_add(m->x, m->proj, (int64_t)n_tok * hp->n_embd);
 }
 
 /* Final norm and output head for rows [first, n_tok) of the batch. */
-static void output_head(struct model *m, int first, int n_tok, float *logits) {
+void model_output_cpu(struct model *m, int first, int n_tok, float *logits) {
     const struct hparams *hp = &m->hp;
     int n = n_tok - first;
     float *xr = m->x + (size_t)first * hp->n_embd;
@@ -1161,18 +1159,22 @@ static void output_head(struct model *m, int first, int n_tok, float *logits) {
     matmul(m, &m->w[W_OUTPUT], m->xb, n, logits);
 }
 
-static void forward_batch(struct model *m, const int32_t *tokens, int n_tok, int pos0,
-                          float *logits, int all_logits) {
+void model_layer_cpu(struct model *m, int il, int n_tok, int pos0) {
+    attention_block(m, il, n_tok, pos0);
+    ffn_block(m, il, n_tok);
+}
+
+static int forward_batch(struct model *m, const int32_t *tokens, int n_tok, int pos0, float *logits,
+                         int all_logits) {
     const struct hparams *hp = &m->hp;
+    if (m->gpu) return vk_model_forward(m, tokens, n_tok, pos0, logits, all_logits);
     for (int t = 0; t < n_tok; t++) {
         cpu_get_row(&m->w[W_TOKEN_EMBD].m, tokens[t], m->x + (size_t)t * hp->n_embd);
         m->pos[t] = pos0 + t;
     }
-    for (int il = 0; il < (int)hp->n_layer; il++) {
-        attention_block(m, il, n_tok, pos0);
-        ffn_block(m, il, n_tok);
-    }
-    if (logits) output_head(m, all_logits ? 0 : n_tok - 1, n_tok, logits);
+    for (int il = 0; il < (int)hp->n_layer; il++) model_layer_cpu(m, il, n_tok, pos0);
+    if (logits) model_output_cpu(m, all_logits ? 0 : n_tok - 1, n_tok, logits);
+    return 0;
 }
 
 int model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0, float *logits,
@@ -1198,7 +1200,7 @@ int model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0, f
             out = logits + (size_t)done * m->hp.n_vocab;
         else if (last_chunk)
             out = logits;
-        forward_batch(m, tokens + done, n, pos0 + done, out, all_logits);
+        if (forward_batch(m, tokens + done, n, pos0 + done, out, all_logits)) return -1;
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #include "cpu.h"
 #include "gguf.h"
 #include "moe.h"
+#include "vk_model.h"
 
 #include <stdint.h>
 
@@ -150,8 +151,9 @@ struct model {
     int32_t *expert_rows;  /* (max_batch * n_expert_used) slots grouped by expert */
     int32_t *expert_start; /* (n_expert + 1) */
     void *router_scratch;
-    float *shexp_gate; /* (max_batch) */
-    int32_t *pos;      /* (max_batch) */
+    float *shexp_gate;    /* (max_batch) */
+    int32_t *pos;         /* (max_batch) */
+    struct vk_model *gpu; /* NULL: every layer on the CPU */
 };
 
 struct model_params {
@@ -159,6 +161,7 @@ struct model_params {
     int n_threads;      /* 0: one per online CPU */
     int max_batch;      /* 0: 512 */
     int blas_min_batch; /* 0: default (32); negative: never use sgemm */
+    struct gpu_params gpu;
 };
 
 /* Maps the file, reads hyper-parameters, binds and checks every tensor, loads the tokenizer.
@@ -187,6 +190,23 @@ struct tensor_desc {
  * generators and converters. Returns the count (a malloc'd array in *out) or -1 with err set. */
 int model_describe_tensors(const char *arch, const struct hparams *hp, int legacy_kv_b,
                            struct tensor_desc **out);
+
+/* The widest values (floats per token) each scratch role holds; the GPU path sizes its own
+ * scratch from these too. */
+struct model_widths {
+    int64_t q, kv, ff, att, att_v, in, act;
+};
+struct model_widths model_scratch_widths(const struct model *m);
+
+/* Steps of the CPU forward pass, for the GPU path's CPU parts (vk_model.c): one whole layer
+ * over m->x; the final norm and head for rows [first, n_tok); and the routed experts of layer
+ * il over m->xb into out (routed: m->expert_ids and m->expert_w already hold the choices). */
+void model_layer_cpu(struct model *m, int il, int n_tok, int pos0);
+void model_output_cpu(struct model *m, int first, int n_tok, float *logits);
+void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, float *out);
+
+/* "cpu 2 threads + OpenBLAS", or the GPU and its share of the layers, for log lines. */
+void model_backend_text(const struct model *m, char *buf, size_t cap);
 
 /* Bytes of KV cache one token takes (all layers), for a cache of elem_size-byte floats. */
 uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size);

@@ -1224,7 +1224,7 @@ static int repl_open(struct repl *r, const struct repl_config *cfg) {
     if (loading_line) fprintf(stderr, "loading %s ...", cfg->model_path), fflush(stderr);
     double t0 = time_now();
     int rc = model_load(&r->m, cfg->model_path);
-    struct model_params mp = {.n_ctx = cfg->n_ctx, .n_threads = cfg->n_threads};
+    struct model_params mp = {.n_ctx = cfg->n_ctx, .n_threads = cfg->n_threads, .gpu = cfg->gpu};
     if (rc == 0 && model_init(&r->m, &mp) < 0) model_free(&r->m), rc = -1;
     if (loading_line) fputs("\r\033[K", stderr);
     if (rc < 0) return -1;

@@ -4,6 +4,7 @@
 #define MOERUN_REPL_H
 
 #include "sampler.h"
+#include "vk_model.h"
 
 enum repl_think { REPL_THINK_ON = 0, REPL_THINK_OFF = 1, REPL_THINK_HIDE = 2 };
 
@@ -18,6 +19,7 @@ struct repl_config {
     int no_history;            /* 1: no history file is read or written */
     int verbosity;             /* 0 quiet, 1 normal, 2 verbose */
     int think_mode;            /* enum repl_think */
+    struct gpu_params gpu;
 };
 
 /* Runs the chat until /exit, Ctrl-D or two Ctrl-C on an empty line (returns 0); 1 when the

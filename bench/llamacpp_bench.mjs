@@ -9,7 +9,8 @@
 // wall_avg_ts from the clock around the node-llama-cpp calls, which adds the addon's
 // per-call overhead (a libuv round trip for the decode and one for the greedy pick).
 //
-//   node bench/llamacpp_bench.mjs MODEL.gguf [THREADS=2] [N_PROMPT=128] [N_GEN=32] [REPS=3]
+//   [LLAMA_GPU=vulkan] node bench/llamacpp_bench.mjs MODEL.gguf [THREADS=2] [N_PROMPT=128]
+//                                                    [N_GEN=32] [REPS=3]
 //
 // Settings: context N_PROMPT + N_GEN (llama.cpp rounds it up to 256), batch N_PROMPT (the
 // prompt in one batch, as moerun's), mmap on (the default), flash attention off (llama-bench's
@@ -53,8 +54,13 @@ async function readPerf() {
     return {...perf};
 }
 
-const llama = await getLlama({gpu: false, logLevel: "info", logger: onLog, maxThreads: threads});
-const model = await llama.loadModel({modelPath});
+// LLAMA_GPU=vulkan: llama.cpp's Vulkan build (@node-llama-cpp/linux-x64-vulkan), every layer
+// on the GPU; unset: the CPU build.
+const gpu = process.env.LLAMA_GPU || false;
+const llama = await getLlama({gpu, logLevel: "info", logger: onLog, maxThreads: threads,
+                              ...(gpu ? {build: "never"} : {})});
+console.error(`llama.cpp backend: ${llama.gpu || "cpu"}`);
+const model = await llama.loadModel({modelPath, ...(gpu ? {gpuLayers: "max"} : {})});
 const context = await model.createContext({
     contextSize: Math.max(16, nPrompt + nGen),
     batchSize: Math.max(1, nPrompt),

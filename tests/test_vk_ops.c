@@ -1,0 +1,152 @@
+/* The small Vulkan kernels against the CPU ops they mirror: rmsnorm, rope (normal, NeoX,
+ * YaRN, frequency factors), swiglu, add (plain and a broadcast bias), copy2d, the weighted
+ * expert sum and the gated add. Bounds: these are a handful of float operations per value, so
+ * they differ from the CPU only by rounding order and the GPU's exp/sin/cos/pow (NMSE 1e-10,
+ * i.e. about 1e-5 relative); rope angles at positions up to 4000 carry the driver's sin/cos
+ * error on large arguments, hence its looser 1e-8. */
+#include "cpu.h"
+#include "vk_ops.h"
+#include "vk_test.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+static float *randv(size_t n, float scale) {
+    float *v = xmalloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+
+static void check(const char *name, const float *got, const float *ref, size_t n, double bound) {
+    double e = vk_test_nmse(got, ref, n);
+    test_report(name, e <= bound, "nmse %.3g (bound %.0e), max |diff| %.3g", e, bound,
+                vk_test_max_diff(got, ref, n));
+}
+
+static void test_rmsnorm(struct vk_ctx *c) {
+    int n = 576, rows = 5, stride = 600;
+    float *x = randv((size_t)rows * stride, 3.0f), *w = randv((size_t)n, 1.0f);
+    float *ref = xcalloc((size_t)rows * n, sizeof *ref);
+    for (int r = 0; r < rows; r++)
+        cpu_rmsnorm(ref + (size_t)r * n, x + (size_t)r * stride, w, n, 1, 1e-6f);
+    struct vk_buf bx = vk_test_buf(c, x, (size_t)rows * stride * 4), bw = vk_test_buf(c, w, n * 4);
+    struct vk_rmsnorm_push p = {bx.addr,          bx.addr,        bw.addr,
+                                (uint32_t)n,      (uint32_t)rows, (uint32_t)stride,
+                                (uint32_t)stride, 1e-6f,          0};
+    vk_test_run(c, VK_RMSNORM, &p, sizeof p, (uint32_t)rows, 1, 1);
+    float *got = xcalloc((size_t)rows * n, sizeof *got);
+    for (int r = 0; r < rows; r++)
+        memcpy(got + (size_t)r * n, (float *)bx.map + (size_t)r * stride, (size_t)n * 4);
+    check("vk rmsnorm (strided rows, in place)", got, ref, (size_t)rows * n, 1e-10);
+    vk_free(c, &bx), vk_free(c, &bw);
+    free(x), free(w), free(ref), free(got);
+}
+
+static void rope_case(struct vk_ctx *c, const char *name, enum rope_mode mode, int yarn,
+                      int with_factors) {
+    int n_tok = 3, n_head = 4, head = 96, n_rot = 64, row = n_head * head + 8;
+    int32_t pos[3] = {0, 17, 4000};
+    struct rope_params rp = {.mode = mode,
+                             .n_rot = n_rot,
+                             .freq_base = 10000.0f,
+                             .freq_scale = yarn ? 0.25f : 1.0f,
+                             .ext_factor = yarn ? 1.0f : 0.0f,
+                             .attn_factor = yarn ? 0.9f : 1.0f};
+    if (yarn) cpu_rope_yarn_corr_dims(n_rot, 4096, 10000.0f, 32.0f, 1.0f, rp.corr_dims);
+    float *ff = with_factors ? randv((size_t)n_rot / 2, 1.0f) : NULL;
+    for (int i = 0; ff && i < n_rot / 2; i++) ff[i] = 1.0f + fabsf(ff[i]) * 4.0f;
+    size_t n = (size_t)n_tok * row;
+    float *x = randv(n, 1.0f), *ref = xmalloc(n * 4);
+    memcpy(ref, x, n * 4);
+    cpu_rope(ref, n_tok, n_head, head, row, pos, &rp, ff);
+    struct vk_buf bx = vk_test_buf(c, x, n * 4), bp = vk_test_buf(c, pos, sizeof pos);
+    struct vk_buf bf = vk_test_buf(c, ff, ff ? (size_t)n_rot / 2 * 4 : 4);
+    struct vk_rope_push p = {bx.addr,          bp.addr,
+                             ff ? bf.addr : 0, (uint32_t)n_tok,
+                             (uint32_t)n_head, (uint32_t)head,
+                             (uint32_t)row,    (uint32_t)n_rot,
+                             (uint32_t)mode,   powf(rp.freq_base, -2.0f / (float)n_rot),
+                             rp.freq_scale,    rp.ext_factor,
+                             rp.attn_factor,   rp.corr_dims[0],
+                             rp.corr_dims[1]};
+    vk_test_run(c, VK_ROPE, &p, sizeof p, (uint32_t)n_head, (uint32_t)n_tok, 1);
+    check(name, bx.map, ref, n, 1e-8);
+    vk_free(c, &bx), vk_free(c, &bp), vk_free(c, &bf);
+    free(x), free(ref), free(ff);
+}
+
+static void test_elementwise(struct vk_ctx *c) {
+    size_t n = 70000, period = 1000;
+    float *g = randv(n, 8.0f), *u = randv(n, 2.0f), *ref = xmalloc(n * 4);
+    cpu_swiglu(ref, g, u, (int64_t)n);
+    struct vk_buf bg = vk_test_buf(c, g, n * 4), bu = vk_test_buf(c, u, n * 4);
+    struct vk_swiglu_push sp = {bg.addr, bu.addr, bg.addr, (uint32_t)n, 0};
+    vk_test_run(c, VK_SWIGLU, &sp, sizeof sp, 3, 1, 1); /* few groups: the grid-stride loop */
+    check("vk swiglu", bg.map, ref, n, 1e-10);
+
+    memcpy(bg.map, g, n * 4);
+    memcpy(ref, g, n * 4);
+    for (size_t i = 0; i < n; i++) ref[i] += u[i % period];
+    struct vk_add_push ap = {bg.addr, bu.addr, (uint32_t)n, (uint32_t)period};
+    vk_test_run(c, VK_ADD, &ap, sizeof ap, (uint32_t)((n + 255) / 256), 1, 1);
+    check("vk add (bias broadcast)", bg.map, ref, n, 0);
+
+    int32_t ids[6] = {5, -1, 1 << 30, 7, 0, 3}; /* words copied as bits, ints included */
+    struct vk_buf bi = vk_test_buf(c, ids, sizeof ids), bo = vk_test_buf(c, NULL, 4 * 4);
+    struct vk_copy2d_push cp = {bi.addr, bo.addr, 2, 2, 3, 2};
+    vk_test_run(c, VK_COPY2D, &cp, sizeof cp, 2, 1, 1);
+    int32_t *o = bo.map;
+    test_report("vk copy2d (ints as bits, strides)",
+                o[0] == 5 && o[1] == -1 && o[2] == 7 && o[3] == 0, "%d %d %d %d", o[0], o[1], o[2],
+                o[3]);
+    vk_free(c, &bg), vk_free(c, &bu), vk_free(c, &bi), vk_free(c, &bo);
+    free(g), free(u), free(ref);
+}
+
+static void test_moe_sum(struct vk_ctx *c) {
+    int n_tok = 3, k = 6, E = 300;
+    size_t np = (size_t)n_tok * k * E;
+    float *parts = randv(np, 1.0f), *w = randv((size_t)n_tok * k, 1.0f);
+    float *ref = xcalloc((size_t)n_tok * E, 4), *x = randv((size_t)n_tok * E, 1.0f);
+    float gate[3] = {0.5f, -2.0f, 7.0f}, *y0 = randv((size_t)n_tok * E, 1.0f);
+    for (int t = 0; t < n_tok; t++)
+        for (int d = 0; d < E; d++) {
+            float acc = 0;
+            for (int j = 0; j < k; j++) acc += parts[((size_t)t * k + j) * E + d] * w[t * k + j];
+            ref[(size_t)t * E + d] = acc;
+        }
+    struct vk_buf bp = vk_test_buf(c, parts, np * 4), bw = vk_test_buf(c, w, (size_t)n_tok * k * 4);
+    struct vk_buf bo = vk_test_buf(c, NULL, (size_t)n_tok * E * 4);
+    struct vk_moe_sum_push p = {bp.addr,     bw.addr,     bo.addr, (uint32_t)n_tok,
+                                (uint32_t)k, (uint32_t)E, 0};
+    vk_test_run(c, VK_MOE_SUM, &p, sizeof p, (uint32_t)(E + 255) / 256, (uint32_t)n_tok, 1);
+    check("vk moe_sum", bo.map, ref, (size_t)n_tok * E, 1e-12);
+
+    memcpy(bo.map, y0, (size_t)n_tok * E * 4);
+    for (int t = 0; t < n_tok; t++) {
+        float s = 1.0f / (1.0f + expf(-gate[t]));
+        for (int d = 0; d < E; d++) y0[(size_t)t * E + d] += x[(size_t)t * E + d] * s;
+    }
+    struct vk_buf bx = vk_test_buf(c, x, (size_t)n_tok * E * 4), bg = vk_test_buf(c, gate, 12);
+    struct vk_gated_add_push gp = {bo.addr, bx.addr, bg.addr, (uint32_t)n_tok, (uint32_t)E, 1, 0};
+    vk_test_run(c, VK_GATED_ADD, &gp, sizeof gp, (uint32_t)(E + 255) / 256, (uint32_t)n_tok, 1);
+    check("vk gated_add (sigmoid-gated shared expert)", bo.map, y0, (size_t)n_tok * E, 1e-12);
+    vk_free(c, &bp), vk_free(c, &bw), vk_free(c, &bo), vk_free(c, &bx), vk_free(c, &bg);
+    free(parts), free(w), free(ref), free(x), free(y0);
+}
+
+int main(void) {
+    struct vk_ctx *c = vk_test_open("vk ops");
+    if (!c) return test_failures ? 1 : 0;
+    test_rmsnorm(c);
+    rope_case(c, "vk rope normal", ROPE_NORM, 0, 0);
+    rope_case(c, "vk rope neox", ROPE_NEOX, 0, 0);
+    rope_case(c, "vk rope neox + freq factors", ROPE_NEOX, 0, 1);
+    rope_case(c, "vk rope yarn", ROPE_NORM, 1, 0);
+    test_elementwise(c);
+    test_moe_sum(c);
+    vk_close(c);
+    return test_failures ? 1 : 0;
+}

@@ -1,0 +1,843 @@
+/* The forward pass recorded as Vulkan dispatches (see vk_model.h): the same steps, in the same
+ * order and with the same scratch roles as model.c's CPU forward, so the two read side by
+ * side. Every dispatch is followed by a barrier unless the next one is independent of it. */
+#include "vk_model.h"
+
+#include "model.h"
+#include "quant.h"
+#include "util.h"
+#include "vk.h"
+#include "vk_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ARENA_BYTES = 1 << 30 };
+
+/* A weight as the kernels see it: its device address and its cpu_matrix shape. */
+struct gw {
+    uint64_t addr; /* 0: absent, or left on the CPU */
+    struct cpu_matrix m;
+    uint64_t matrix_bytes; /* between the matrices of a 3-D tensor */
+};
+
+struct vk_model {
+    struct vk_ctx *vk;
+    struct vk_buf *arenas;
+    int n_arenas;
+    struct gw w[W_SLOT_COUNT];
+    struct gw (*lw)[W_SLOT_COUNT]; /* (n_gpu_layers) */
+    struct gw *k_b_derived;        /* (n_gpu_layers) legacy deepseek2 files */
+    int n_gpu_layers, cpu_moe, profile, shared;
+    struct vk_buf cache, scratch, io;
+    /* scratch (device) */
+    uint64_t x, xb, q, q_att, kv, v, att, att_v, gate, up, proj, moe_in, moe_out, router_logits,
+        expert_w, expert_ids, shexp_gate;
+    /* io (host-visible): the batch's tokens and positions in, logits out, and with cpu_moe or
+     * CPU layers the rows the CPU reads and writes between submissions */
+    int32_t *tokens_h, *pos_h;
+    float *logits_h, *xfer_x_h, *xfer_xb_h, *xfer_w_h, *xfer_out_h;
+    int32_t *xfer_ids_h;
+    uint64_t tokens, pos, logits, xfer_x, xfer_xb, xfer_ids, xfer_w, xfer_out;
+    uint64_t k_cache_layer, v_cache_layer; /* bytes per layer */
+    uint64_t k_cache, v_cache;
+};
+
+static int is_routed_expert(int slot) {
+    return slot == W_FFN_GATE_EXPS || slot == W_FFN_UP_EXPS || slot == W_FFN_DOWN_EXPS ||
+           slot == W_FFN_GATE_UP_EXPS;
+}
+
+/* ---- upload ---- */
+
+struct placement {
+    const struct weight *src;
+    struct gw *dst;
+    const void *data; /* host bytes (the map, or derived f32) */
+    uint64_t bytes;
+};
+
+static int check_kernel(const struct model *m, const struct weight *w) {
+    if (vk_mul_mat_kernel(w->t->type) >= 0) return 0;
+    err_set("%s: tensor '%.*s' has a block format (type %u) the GPU path lacks", m->file.path,
+            (int)w->t->name.len, w->t->name.data, w->t->type);
+    return -1;
+}
+
+/* Places tensors into 1 GiB arenas in order (a larger tensor gets its own) and uploads. */
+static int upload_all(struct model *m, struct vk_model *g, struct placement *pl, int n) {
+    uint64_t used = 0;
+    int first = 0;
+    g->arenas = xcalloc((size_t)n + 1, sizeof *g->arenas);
+    for (int i = 0; i <= n; i++) {
+        uint64_t sz = i < n ? (pl[i].bytes + 255) & ~(uint64_t)255 : 0;
+        if (i < n && (used == 0 || used + sz <= ARENA_BYTES)) {
+            used += sz;
+            continue;
+        }
+        struct vk_buf *a = &g->arenas[g->n_arenas];
+        if (vk_alloc(g->vk, used, VK_MEM_DEVICE, a)) return -1;
+        g->n_arenas++;
+        for (uint64_t off = 0; first < i; first++) {
+            if (vk_upload(g->vk, a, off, pl[first].data, pl[first].bytes)) return -1;
+            pl[first].dst->addr = a->addr + off;
+            off += (pl[first].bytes + 255) & ~(uint64_t)255;
+        }
+        used = sz;
+    }
+    (void)m;
+    return 0;
+}
+
+static void add_placement(struct placement *pl, int *n, const struct weight *w, struct gw *dst) {
+    *dst = (struct gw){0, w->m, (uint64_t)w->t->ne[1] * w->m.row_bytes};
+    pl[(*n)++] = (struct placement){w, dst, w->t->data, w->t->nbytes};
+}
+
+static int upload_weights(struct model *m, struct vk_model *g) {
+    const struct hparams *hp = &m->hp;
+    int cap = W_SLOT_COUNT * (g->n_gpu_layers + 2), n = 0;
+    struct placement *pl = xcalloc((size_t)cap, sizeof *pl);
+    for (int s = 0; s < W_SLOT_COUNT; s++)
+        if (m->w[s].t) add_placement(pl, &n, &m->w[s], &g->w[s]);
+    for (int il = 0; il < g->n_gpu_layers; il++) {
+        struct model_layer *L = &m->layers[il];
+        for (int s = 0; s < W_SLOT_COUNT; s++)
+            if (L->w[s].t && !(g->cpu_moe && is_routed_expert(s)))
+                add_placement(pl, &n, &L->w[s], &g->lw[il][s]);
+        if (L->k_b_derived) {
+            int64_t lora = hp->kv_lora, nope = m->ag.qk_nope;
+            struct gw *d = &g->k_b_derived[il];
+            *d = (struct gw){0,
+                             {L->k_b_derived, QT_F32, nope, lora, (size_t)nope * 4, 0},
+                             (uint64_t)(lora * nope * 4)};
+            pl[n++] = (struct placement){NULL, d, L->k_b_derived, d->matrix_bytes * hp->n_head};
+        }
+    }
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++)
+        if (pl[i].src && pl[i].src->t->type != QT_F32 && pl[i].src->m.n_in > 0)
+            rc = check_kernel(m, pl[i].src);
+    if (!rc) rc = upload_all(m, g, pl, n);
+    free(pl);
+    return rc;
+}
+
+/* ---- buffers ---- */
+
+/* Hands out 256-byte aligned pieces of one buffer. */
+struct carver {
+    uint64_t base, used;
+    uint8_t *map;
+};
+
+static uint64_t carve(struct carver *c, uint64_t bytes, void **host) {
+    uint64_t off = c->used;
+    c->used += (bytes + 255) & ~(uint64_t)255;
+    if (host) *host = c->map ? c->map + off : NULL;
+    return c->base + off;
+}
+
+/* Runs the layout twice: once to size the buffer, once to hand out addresses. */
+static void layout_scratch(struct model *m, struct vk_model *g, struct carver *c) {
+    const struct hparams *hp = &m->hp;
+    struct model_widths w = model_scratch_widths(m);
+    uint64_t B = (uint64_t)m->max_batch, used = hp->n_expert_used ? hp->n_expert_used : 1;
+    g->x = carve(c, B * hp->n_embd * 4, NULL);
+    g->xb = carve(c, B * hp->n_embd * 4, NULL);
+    g->proj = carve(c, B * hp->n_embd * 4, NULL);
+    g->q = carve(c, B * (uint64_t)w.q * 4, NULL);
+    g->q_att = carve(c, B * hp->n_head * (uint64_t)m->ag.q_head * 4, NULL);
+    g->kv = carve(c, B * (uint64_t)w.kv * 4, NULL);
+    g->v = carve(c, B * (uint64_t)(m->ag.kv_v ? m->ag.kv_v : 1) * 4, NULL);
+    g->att = carve(c, B * (uint64_t)w.att * 4, NULL);
+    g->att_v = carve(c, B * (uint64_t)w.att_v * 4, NULL);
+    g->gate = carve(c, B * used * (uint64_t)w.ff * 4, NULL);
+    g->up = carve(c, B * used * (uint64_t)w.ff * 4, NULL);
+    g->moe_in = carve(c, B * used * hp->n_embd * 4, NULL);
+    g->moe_out = carve(c, B * used * hp->n_embd * 4, NULL);
+    g->router_logits = carve(c, B * (hp->n_expert ? hp->n_expert : 1) * 4, NULL);
+    g->expert_w = carve(c, B * used * 4, NULL);
+    g->expert_ids = carve(c, B * used * 4, NULL);
+    g->shexp_gate = carve(c, B * 4, NULL);
+}
+
+static void layout_io(struct model *m, struct vk_model *g, struct carver *c) {
+    const struct hparams *hp = &m->hp;
+    uint64_t B = (uint64_t)m->max_batch, used = hp->n_expert_used ? hp->n_expert_used : 1;
+    int xfer = g->cpu_moe || g->n_gpu_layers < (int)hp->n_layer;
+    g->tokens = carve(c, B * 4, (void **)&g->tokens_h);
+    g->pos = carve(c, B * 4, (void **)&g->pos_h);
+    g->logits = carve(c, B * hp->n_vocab * 4, (void **)&g->logits_h);
+    if (!xfer) return;
+    g->xfer_x = carve(c, B * hp->n_embd * 4, (void **)&g->xfer_x_h);
+    g->xfer_xb = carve(c, B * hp->n_embd * 4, (void **)&g->xfer_xb_h);
+    g->xfer_out = carve(c, B * hp->n_embd * 4, (void **)&g->xfer_out_h);
+    g->xfer_ids = carve(c, B * used * 4, (void **)&g->xfer_ids_h);
+    g->xfer_w = carve(c, B * used * 4, (void **)&g->xfer_w_h);
+}
+
+static int alloc_buffers(struct model *m, struct vk_model *g) {
+    struct carver c = {0};
+    layout_scratch(m, g, &c);
+    if (vk_alloc(g->vk, c.used, VK_MEM_DEVICE, &g->scratch)) return -1;
+    c = (struct carver){g->scratch.addr, 0, NULL};
+    layout_scratch(m, g, &c);
+
+    c = (struct carver){0};
+    layout_io(m, g, &c);
+    if (vk_alloc(g->vk, c.used, VK_MEM_HOST, &g->io)) return -1;
+    c = (struct carver){g->io.addr, 0, g->io.map};
+    layout_io(m, g, &c);
+
+    g->k_cache_layer = (uint64_t)m->n_ctx * (uint64_t)m->ag.kv_k * 4;
+    g->v_cache_layer = (uint64_t)m->n_ctx * (uint64_t)m->ag.kv_v * 4;
+    uint64_t nl = (uint64_t)g->n_gpu_layers;
+    if (vk_alloc(g->vk, nl * (g->k_cache_layer + g->v_cache_layer), VK_MEM_DEVICE, &g->cache))
+        return -1;
+    g->k_cache = g->cache.addr;
+    g->v_cache = g->cache.addr + nl * g->k_cache_layer;
+    return 0;
+}
+
+/* ---- placement ---- */
+
+static uint64_t layer_bytes(const struct model *m, int il, int experts) {
+    uint64_t b = 0;
+    for (int s = 0; s < W_SLOT_COUNT; s++)
+        if (m->layers[il].w[s].t && is_routed_expert(s) == experts)
+            b += m->layers[il].w[s].t->nbytes;
+    return b;
+}
+
+/* --fit: everything when it fits in 90% of the device memory; else the routed experts on
+ * the CPU; else as many leading layers as fit. */
+static void fit_placement(const struct model *m, struct vk_ctx *vk, struct gpu_params *p) {
+    uint64_t budget = vk_device_memory(vk) / 10 * 9, fixed = 0, dense = 0, experts = 0;
+    uint64_t kv = model_kv_bytes_per_token(m, 4) * (uint64_t)m->n_ctx / m->hp.n_layer;
+    for (int s = 0; s < W_SLOT_COUNT; s++)
+        if (m->w[s].t) fixed += m->w[s].t->nbytes;
+    fixed += (uint64_t)m->max_batch * m->hp.n_vocab * 4 + (256u << 20); /* logits, scratch */
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        dense += layer_bytes(m, (int)il, 0) + kv;
+        experts += layer_bytes(m, (int)il, 1);
+    }
+    p->cpu_moe = 0;
+    p->gpu_layers = (int)m->hp.n_layer;
+    if (fixed + dense + experts <= budget) return;
+    if (fixed + dense <= budget && experts) {
+        p->cpu_moe = 1;
+        return;
+    }
+    uint64_t used = fixed;
+    int n = 0;
+    while (n < (int)m->hp.n_layer) {
+        uint64_t next = layer_bytes(m, n, 0) + layer_bytes(m, n, 1) + kv;
+        if (used + next > budget) break;
+        used += next;
+        n++;
+    }
+    p->gpu_layers = n;
+}
+
+const char *const gpu_usage =
+    "      --device N         Vulkan device N (moerun devices lists them; also CPU devices)\n"
+    "  -ngl, --gpu-layers N   layers on the GPU, from the first (default: all)\n"
+    "      --cpu-moe          routed experts on the CPU, the rest on the GPU\n"
+    "      --fit              choose --gpu-layers / --cpu-moe from the GPU's memory\n"
+    "      --cpu              no GPU\n"
+    "      --profile          GPU time per kernel on stderr at exit\n";
+
+void gpu_params_default(struct gpu_params *p) {
+    *p = (struct gpu_params){.enabled = 1, .device = -1, .gpu_layers = -1};
+}
+
+static int gpu_int(const char *flag, const char *v, int lo, int hi, int *out) {
+    char *end;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || end == v || *end || x < lo || x > hi) {
+        err_set("bad value '%s' for %s (%d..%d)", v ? v : "", flag, lo, hi);
+        return -1;
+    }
+    *out = (int)x;
+    return 2;
+}
+
+int gpu_option(struct gpu_params *p, const char *a, const char *v) {
+    if (!strcmp(a, "--cpu")) return p->enabled = 0, 1;
+    if (!strcmp(a, "--cpu-moe")) return p->cpu_moe = 1, 1;
+    if (!strcmp(a, "--fit")) return p->fit = 1, 1;
+    if (!strcmp(a, "--profile")) return p->profile = 1, 1;
+    if (!strcmp(a, "--device")) return gpu_int(a, v, 0, 63, &p->device);
+    if (!strcmp(a, "-ngl") || !strcmp(a, "--gpu-layers"))
+        return gpu_int(a, v, 0, 1 << 20, &p->gpu_layers);
+    return 0;
+}
+
+static char cpu_reason[256];
+
+const char *vk_model_cpu_reason(void) { return cpu_reason; }
+
+int vk_model_gpu_layers(const struct model *m) { return m->gpu ? m->gpu->n_gpu_layers : 0; }
+
+/* What the kernels cannot take, as a reason to stay on the CPU; NULL when they can. */
+static const char *kernel_limits(const struct model *m) {
+    if (m->hp.n_expert > 512) return "the GPU router takes at most 512 experts";
+    if (m->ag.q_head > 1024 || m->ag.v_head > 1024)
+        return "the GPU attention takes heads of at most 1024 values";
+    if (m->hp.n_head_kv && m->hp.n_head % m->hp.n_head_kv)
+        return "the GPU attention needs n_head a multiple of n_head_kv";
+    return NULL;
+}
+
+int vk_model_init(struct model *m, const struct gpu_params *params) {
+    struct gpu_params p = *params;
+    struct vk_ctx *vk = p.shared ? p.shared : vk_open(p.device, p.device >= 0);
+    if (!vk) {
+        if (p.device >= 0) return -1;
+        snprintf(cpu_reason, sizeof cpu_reason, "%s", err_get());
+        return 0;
+    }
+    const char *limit = kernel_limits(m);
+    if (limit) {
+        if (!p.shared) vk_close(vk);
+        if (p.device >= 0) return err_set("%s: %s", m->file.path, limit), -1;
+        snprintf(cpu_reason, sizeof cpu_reason, "%s", limit);
+        return 0;
+    }
+    if (p.fit) fit_placement(m, vk, &p);
+    if (p.gpu_layers < 0 || p.gpu_layers > (int)m->hp.n_layer) p.gpu_layers = (int)m->hp.n_layer;
+    if (p.gpu_layers == 0) {
+        if (!p.shared) vk_close(vk);
+        snprintf(cpu_reason, sizeof cpu_reason, "no layers on the GPU (--gpu-layers 0)");
+        return 0;
+    }
+    struct vk_model *g = xcalloc(1, sizeof *g);
+    g->vk = vk;
+    g->n_gpu_layers = p.gpu_layers;
+    g->cpu_moe = p.cpu_moe && m->hp.n_expert > 0;
+    g->profile = p.profile;
+    g->shared = p.shared != NULL;
+    g->lw = xcalloc((size_t)g->n_gpu_layers, sizeof *g->lw);
+    g->k_b_derived = xcalloc((size_t)g->n_gpu_layers, sizeof *g->k_b_derived);
+    m->gpu = g;
+    double t0 = time_now();
+    if (upload_weights(m, g) || alloc_buffers(m, g)) {
+        vk_model_free(m);
+        return -1;
+    }
+    vk_profile_enable(vk, p.profile);
+    if (p.verbose)
+        fprintf(stderr, "moerun: %s: %d of %u layers on the GPU%s, uploaded in %.1f s\n",
+                vk_device_name(vk), g->n_gpu_layers, m->hp.n_layer,
+                g->cpu_moe ? " (routed experts on the CPU)" : "", time_now() - t0);
+    return 0;
+}
+
+void vk_model_free(struct model *m) {
+    struct vk_model *g = m->gpu;
+    if (!g) return;
+    if (g->profile) vk_profile_report(g->vk, stderr);
+    for (int i = 0; i < g->n_arenas; i++) vk_free(g->vk, &g->arenas[i]);
+    vk_free(g->vk, &g->cache);
+    vk_free(g->vk, &g->scratch);
+    vk_free(g->vk, &g->io);
+    if (!g->shared) vk_close(g->vk);
+    free(g->arenas);
+    free(g->lw);
+    free(g->k_b_derived);
+    free(g);
+    m->gpu = NULL;
+}
+
+/* ---- kernels ---- */
+
+/* Workgroups for n items, per each; the element-wise kernels loop past the cap. */
+static uint32_t groups(uint64_t n, uint32_t per) {
+    uint64_t g = (n + per - 1) / per;
+    return g > 65535 ? 65535 : (uint32_t)g;
+}
+
+/* A product's operands beyond the weight: strides and batch (z) layout, in floats. */
+struct mm_args {
+    uint64_t x, y, ids;
+    uint32_t n_tok, x_stride, y_stride;
+    uint32_t nz, x_zstride, y_zstride, x_zdiv;
+    uint64_t w_offset; /* bytes into the weight (a row range) */
+    uint32_t n_out;    /* 0: the weight's */
+};
+
+enum { MAX_GROUPS = 65535 }; /* the smallest maxComputeWorkGroupCount Vulkan allows */
+
+/* Outputs past MAX_GROUPS workgroups of rows (large vocabularies) go in further dispatches. */
+static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args *a) {
+    uint32_t n_out = a->n_out ? a->n_out : (uint32_t)w->m.n_out;
+    struct vk_mul_mat_push p = {
+        .x = a->x,
+        .ids = a->ids,
+        .w_zstride = w->matrix_bytes,
+        .n_in = (uint32_t)w->m.n_in,
+        .n_tok = a->n_tok,
+        .row_bytes = (uint32_t)w->m.row_bytes,
+        .x_stride = a->x_stride ? a->x_stride : (uint32_t)w->m.n_in,
+        .y_stride = a->y_stride ? a->y_stride : n_out,
+        .x_zstride = a->x_zstride,
+        .y_zstride = a->y_zstride,
+        .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
+    };
+    uint32_t chunk = MAX_GROUPS * VK_MM_ROWS;
+    for (uint32_t r0 = 0; r0 < n_out; r0 += chunk) {
+        p.w = w->addr + a->w_offset + (uint64_t)r0 * w->m.row_bytes;
+        p.y = a->y + 4 * (uint64_t)r0;
+        p.n_out = n_out - r0 < chunk ? n_out - r0 : chunk;
+        vk_dispatch(g->vk, (enum vk_kernel)vk_mul_mat_kernel(w->m.type), &p, sizeof p,
+                    (p.n_out + VK_MM_ROWS - 1) / VK_MM_ROWS,
+                    (a->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS, a->nz ? a->nz : 1);
+    }
+}
+
+/* y (n_tok, n_out) = x (n_tok, n_in) W^T, rows packed. */
+static void matmul(struct vk_model *g, const struct gw *w, uint64_t x, int n_tok, uint64_t y) {
+    mul_mat(g, w, &(struct mm_args){.x = x, .y = y, .n_tok = (uint32_t)n_tok});
+}
+
+static void rmsnorm(struct vk_model *g, uint64_t x, uint64_t y, const struct gw *w, int64_t n,
+                    int n_rows, uint32_t stride, float eps) {
+    for (int r0 = 0; r0 < n_rows; r0 += MAX_GROUPS) {
+        uint32_t rows = n_rows - r0 < MAX_GROUPS ? (uint32_t)(n_rows - r0) : MAX_GROUPS;
+        uint64_t off = 4 * (uint64_t)r0 * stride;
+        struct vk_rmsnorm_push p = {x + off, y + off, w->addr, (uint32_t)n, rows, stride,
+                                    stride,  eps,     0};
+        vk_dispatch(g->vk, VK_RMSNORM, &p, sizeof p, rows, 1, 1);
+    }
+}
+
+static void add(struct vk_model *g, uint64_t y, uint64_t x, uint64_t n, uint32_t period) {
+    struct vk_add_push p = {y, x, (uint32_t)n, period};
+    vk_dispatch(g->vk, VK_ADD, &p, sizeof p, groups(n, VK_EW_GROUP), 1, 1);
+}
+
+static void copy2d(struct vk_model *g, uint64_t src, uint32_t src_stride, uint64_t dst,
+                   uint32_t dst_stride, uint32_t n_rows, uint32_t n_cols) {
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += MAX_GROUPS) {
+        uint32_t rows = n_rows - r0 < MAX_GROUPS ? n_rows - r0 : MAX_GROUPS;
+        struct vk_copy2d_push p = {src + 4 * (uint64_t)r0 * src_stride,
+                                   dst + 4 * (uint64_t)r0 * dst_stride,
+                                   rows,
+                                   n_cols,
+                                   src_stride,
+                                   dst_stride};
+        vk_dispatch(g->vk, VK_COPY2D, &p, sizeof p, rows, 1, 1);
+    }
+}
+
+static void rope(struct model *m, uint64_t x, int n_tok, int n_head, int64_t head_stride,
+                 int64_t row_stride, uint64_t freq_factors) {
+    const struct rope_params *r = &m->rope;
+    struct vk_rope_push p = {
+        x,
+        m->gpu->pos,
+        freq_factors,
+        (uint32_t)n_tok,
+        (uint32_t)n_head,
+        (uint32_t)head_stride,
+        (uint32_t)row_stride,
+        (uint32_t)r->n_rot,
+        (uint32_t)r->mode,
+        powf(r->freq_base, -2.0f / (float)r->n_rot),
+        r->freq_scale,
+        r->ext_factor,
+        r->attn_factor,
+        r->corr_dims[0],
+        r->corr_dims[1],
+    };
+    vk_dispatch(m->gpu->vk, VK_ROPE, &p, sizeof p, (uint32_t)n_head, (uint32_t)n_tok, 1);
+}
+
+static void attention(struct vk_model *g, const struct attn_args *a, uint64_t q, uint64_t k,
+                      uint64_t v, uint64_t out) {
+    struct vk_attention_push p = {
+        q,
+        k,
+        v,
+        out,
+        (uint32_t)a->q_stride,
+        (uint32_t)a->k_stride,
+        (uint32_t)a->v_stride,
+        (uint32_t)a->out_stride,
+        (uint32_t)a->n_tok,
+        (uint32_t)a->pos0,
+        (uint32_t)a->n_head,
+        (uint32_t)a->n_head_kv,
+        (uint32_t)a->head_dim,
+        (uint32_t)a->head_dim_v,
+        a->scale,
+        0,
+    };
+    vk_dispatch(g->vk, VK_ATTENTION, &p, sizeof p, (uint32_t)a->n_head, (uint32_t)a->n_tok, 1);
+}
+
+static void swiglu(struct vk_model *g, uint64_t gate, uint64_t up, uint64_t n) {
+    struct vk_swiglu_push p = {gate, up, gate, (uint32_t)n, 0};
+    vk_dispatch(g->vk, VK_SWIGLU, &p, sizeof p, groups(n, VK_EW_GROUP), 1, 1);
+}
+
+#define BARRIER() vk_barrier(g->vk)
+
+/* ---- the forward pass ---- */
+
+static uint64_t f32_at(uint64_t base, uint64_t index) { return base + 4 * index; }
+
+static void add_bias(struct vk_model *g, uint64_t y, const struct gw *b, int n_tok, int64_t n) {
+    if (!b->addr) return;
+    add(g, y, b->addr, (uint64_t)n_tok * (uint64_t)n, (uint32_t)n);
+}
+
+static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    const struct attn_geometry *ag = &m->ag;
+    struct gw *L = g->lw[il];
+    int64_t q_row = (int64_t)hp->n_head * hp->head_dim;
+    uint64_t kc = g->k_cache + (uint64_t)il * g->k_cache_layer;
+    uint64_t vc = g->v_cache + (uint64_t)il * g->v_cache_layer;
+
+    matmul(g, &L[W_ATTN_Q], g->xb, n_tok, g->q);
+    matmul(g, &L[W_ATTN_K], g->xb, n_tok, g->kv);
+    matmul(g, &L[W_ATTN_V], g->xb, n_tok, g->v);
+    BARRIER();
+    add_bias(g, g->q, &L[W_ATTN_Q_BIAS], n_tok, q_row);
+    add_bias(g, g->kv, &L[W_ATTN_K_BIAS], n_tok, ag->kv_k);
+    add_bias(g, g->v, &L[W_ATTN_V_BIAS], n_tok, ag->kv_v);
+    BARRIER();
+    if (L[W_ATTN_Q_NORM].addr) {
+        rmsnorm(g, g->q, g->q, &L[W_ATTN_Q_NORM], hp->head_dim, n_tok * (int)hp->n_head,
+                hp->head_dim, hp->norm_eps);
+        rmsnorm(g, g->kv, g->kv, &L[W_ATTN_K_NORM], hp->head_dim, n_tok * (int)hp->n_head_kv,
+                hp->head_dim, hp->norm_eps);
+        BARRIER();
+    }
+    uint64_t freqs = g->w[W_ROPE_FREQS].addr;
+    rope(m, g->q, n_tok, (int)hp->n_head, hp->head_dim, q_row, freqs);
+    rope(m, g->kv, n_tok, (int)hp->n_head_kv, hp->head_dim, ag->kv_k, freqs);
+    BARRIER();
+    copy2d(g, g->kv, (uint32_t)ag->kv_k, f32_at(kc, (uint64_t)pos0 * ag->kv_k), (uint32_t)ag->kv_k,
+           (uint32_t)n_tok, (uint32_t)ag->kv_k);
+    copy2d(g, g->v, (uint32_t)ag->kv_v, f32_at(vc, (uint64_t)pos0 * ag->kv_v), (uint32_t)ag->kv_v,
+           (uint32_t)n_tok, (uint32_t)ag->kv_v);
+    BARRIER();
+    struct attn_args a = {
+        .q_stride = q_row,
+        .k_stride = ag->kv_k,
+        .v_stride = ag->kv_v,
+        .out_stride = (int64_t)hp->n_head * hp->head_dim_v,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)hp->n_head,
+        .n_head_kv = (int)hp->n_head_kv,
+        .head_dim = (int)hp->head_dim,
+        .head_dim_v = (int)hp->head_dim_v,
+        .scale = ag->kq_scale,
+    };
+    attention(g, &a, g->q, kc, vc, g->att);
+    BARRIER();
+    matmul(g, &L[W_ATTN_OUT], g->att, n_tok, g->proj);
+}
+
+static void mla_query(struct model *m, const struct gw *L, int n_tok) {
+    struct vk_model *g = m->gpu;
+    if (!L[W_ATTN_Q_A].addr) {
+        matmul(g, &L[W_ATTN_Q], g->xb, n_tok, g->q);
+        return;
+    }
+    matmul(g, &L[W_ATTN_Q_A], g->xb, n_tok, g->att);
+    BARRIER();
+    rmsnorm(g, g->att, g->att, &L[W_ATTN_Q_A_NORM], m->hp.q_lora, n_tok, m->hp.q_lora,
+            m->hp.norm_eps);
+    BARRIER();
+    matmul(g, &L[W_ATTN_Q_B], g->att, n_tok, g->q);
+}
+
+/* Multi-head latent attention, as model.c's mla_attention. */
+static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    const struct attn_geometry *ag = &m->ag;
+    struct gw *L = g->lw[il];
+    uint32_t lora = hp->kv_lora, nope = (uint32_t)ag->qk_nope, rot = hp->n_rot;
+    uint32_t q_head = hp->head_dim_k_mla, q_row = hp->n_head * q_head;
+    uint32_t latent = (uint32_t)ag->kv_k, qa_row = hp->n_head * latent;
+    uint32_t n_head = hp->n_head, v_dim = hp->head_dim_v_mla;
+    uint64_t cache = g->k_cache + (uint64_t)il * g->k_cache_layer;
+
+    mla_query(m, L, n_tok);
+    matmul(g, &L[W_ATTN_KV_A_MQA], g->xb, n_tok, g->kv);
+    BARRIER();
+    rope(m, f32_at(g->q, nope), n_tok, (int)n_head, q_head, q_row, 0);
+    rope(m, f32_at(g->kv, lora), n_tok, 1, latent, latent, 0);
+    rmsnorm(g, g->kv, g->kv, &L[W_ATTN_KV_A_NORM], lora, n_tok, latent, hp->norm_eps);
+    BARRIER();
+    copy2d(g, g->kv, latent, f32_at(cache, (uint64_t)pos0 * latent), latent, (uint32_t)n_tok,
+           latent);
+    /* every head's query absorbs attn_k_b: q_att[t][h][0..lora) = K_b[h] q[t][h][0..nope) */
+    const struct gw *kb = g->k_b_derived[il].addr ? &g->k_b_derived[il] : &L[W_ATTN_K_B];
+    mul_mat(g, kb,
+            &(struct mm_args){.x = g->q,
+                              .y = g->q_att,
+                              .n_tok = (uint32_t)n_tok,
+                              .x_stride = q_row,
+                              .y_stride = qa_row,
+                              .nz = n_head,
+                              .x_zstride = q_head,
+                              .y_zstride = latent,
+                              .n_out = lora});
+    copy2d(g, f32_at(g->q, nope), q_head, f32_at(g->q_att, lora), latent, (uint32_t)n_tok * n_head,
+           rot);
+    BARRIER();
+    struct attn_args a = {
+        .q_stride = qa_row,
+        .k_stride = latent,
+        .v_stride = latent,
+        .out_stride = (int64_t)n_head * lora,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)n_head,
+        .n_head_kv = 1,
+        .head_dim = (int)latent,
+        .head_dim_v = (int)lora,
+        .scale = ag->kq_scale,
+    };
+    attention(g, &a, g->q_att, cache, cache, g->att);
+    BARRIER();
+    /* per-head values: att_v[t][h] = V_b[h] att[t][h] */
+    struct mm_args va = {.x = g->att,
+                         .y = g->att_v,
+                         .n_tok = (uint32_t)n_tok,
+                         .x_stride = n_head * lora,
+                         .y_stride = n_head * v_dim,
+                         .nz = n_head,
+                         .x_zstride = lora,
+                         .y_zstride = v_dim,
+                         .n_out = v_dim};
+    if (g->k_b_derived[il].addr) { /* legacy attn_kv_b: head h's value rows follow its k rows */
+        struct gw kv_b = L[W_ATTN_KV_B];
+        kv_b.matrix_bytes = (uint64_t)(nope + v_dim) * kv_b.m.row_bytes;
+        va.w_offset = (uint64_t)nope * kv_b.m.row_bytes;
+        mul_mat(g, &kv_b, &va);
+    } else {
+        mul_mat(g, &L[W_ATTN_V_B], &va);
+    }
+    BARRIER();
+    matmul(g, &L[W_ATTN_OUT], g->att_v, n_tok, g->proj);
+}
+
+static void swiglu_ffn(struct vk_model *g, const struct gw *gate, const struct gw *up,
+                       const struct gw *down, uint64_t x, int n, uint64_t out) {
+    matmul(g, gate, x, n, g->gate);
+    matmul(g, up, x, n, g->up);
+    BARRIER();
+    swiglu(g, g->gate, g->up, (uint64_t)n * (uint64_t)gate->m.n_out);
+    BARRIER();
+    matmul(g, down, g->gate, n, out);
+}
+
+static void route(struct model *m, const struct gw *L, int n_tok) {
+    struct vk_model *g = m->gpu;
+    const struct moe_router_cfg *r = &m->router;
+    matmul(g, &L[W_FFN_GATE_INP], g->xb, n_tok, g->router_logits);
+    BARRIER();
+    struct vk_router_push p = {
+        .logits = g->router_logits,
+        .bias = L[W_FFN_EXP_PROBS_B].addr,
+        .ids = g->expert_ids,
+        .weights = g->expert_w,
+        .n_tok = (uint32_t)n_tok,
+        .n_expert = (uint32_t)r->n_expert,
+        .k = (uint32_t)r->n_expert_used,
+        .gating = (uint32_t)r->gating,
+        .n_group = (uint32_t)r->n_group,
+        .n_group_used = (uint32_t)r->n_group_used,
+        .norm_weights = (uint32_t)r->norm_weights,
+        .weights_scale = r->weights_scale,
+    };
+    vk_dispatch(g->vk, VK_ROUTER, &p, sizeof p, groups((uint64_t)n_tok, 1), 1, 1);
+    BARRIER();
+}
+
+/* One product per (token, choice) slot on the matrix of its chosen expert. */
+static void expert_products(struct vk_model *g, const struct gw *w, uint64_t r0, uint32_t n_out,
+                            uint64_t x, uint32_t x_zstride, uint32_t x_zdiv, uint64_t y,
+                            uint32_t slots) {
+    mul_mat(g, w,
+            &(struct mm_args){.x = x,
+                              .y = y,
+                              .ids = g->expert_ids,
+                              .n_tok = 1,
+                              .nz = slots,
+                              .x_zstride = x_zstride,
+                              .y_zstride = n_out,
+                              .x_zdiv = x_zdiv,
+                              .w_offset = r0 * w->m.row_bytes,
+                              .n_out = n_out});
+}
+
+static void routed_experts(struct model *m, const struct gw *L, int n_tok, uint64_t out) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    uint32_t k = hp->n_expert_used, slots = (uint32_t)n_tok * k, E = hp->n_embd, F = hp->n_ff_exp;
+    int fused = L[W_FFN_GATE_UP_EXPS].addr != 0;
+    const struct gw *gate = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_GATE_EXPS];
+    const struct gw *up = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_UP_EXPS];
+    expert_products(g, gate, 0, F, g->xb, E, k, g->gate, slots);
+    expert_products(g, up, fused ? F : 0, F, g->xb, E, k, g->up, slots);
+    BARRIER();
+    swiglu(g, g->gate, g->up, (uint64_t)slots * F);
+    BARRIER();
+    expert_products(g, &L[W_FFN_DOWN_EXPS], 0, E, g->gate, F, 1, g->moe_out, slots);
+    BARRIER();
+    struct vk_moe_sum_push p = {g->moe_out, g->expert_w, out, (uint32_t)n_tok, k, E, 0};
+    vk_dispatch(g->vk, VK_MOE_SUM, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
+}
+
+/* Shared experts: out (proj) += their output, gated for qwen2moe. */
+static void shared_experts(struct model *m, const struct gw *L, int n_tok, uint64_t out) {
+    struct vk_model *g = m->gpu;
+    uint32_t E = m->hp.n_embd;
+    swiglu_ffn(g, &L[W_FFN_GATE_SHEXP], &L[W_FFN_UP_SHEXP], &L[W_FFN_DOWN_SHEXP], g->xb, n_tok,
+               g->moe_in);
+    if (L[W_FFN_GATE_INP_SHEXP].addr) {
+        mul_mat(g, &L[W_FFN_GATE_INP_SHEXP],
+                &(struct mm_args){
+                    .x = g->xb, .y = g->shexp_gate, .n_tok = (uint32_t)n_tok, .n_out = 1});
+        BARRIER();
+        struct vk_gated_add_push p = {out, g->moe_in, g->shexp_gate, (uint32_t)n_tok, E, 1, 0};
+        vk_dispatch(g->vk, VK_GATED_ADD, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
+    } else {
+        BARRIER();
+        add(g, out, g->moe_in, (uint64_t)n_tok * E, 0);
+    }
+}
+
+/* --cpu-moe: the GPU hands xb and the router's choices over, the CPU threads compute the
+ * chosen experts into xfer_out, and the GPU's next submission starts from that as proj. */
+static int cpu_routed_experts(struct model *m, int il, int n_tok) {
+    struct vk_model *g = m->gpu;
+    uint32_t E = m->hp.n_embd, k = m->hp.n_expert_used;
+    copy2d(g, g->xb, E, g->xfer_xb, E, (uint32_t)n_tok, E);
+    copy2d(g, g->expert_ids, k, g->xfer_ids, k, (uint32_t)n_tok, k);
+    copy2d(g, g->expert_w, k, g->xfer_w, k, (uint32_t)n_tok, k);
+    if (vk_submit(g->vk)) return -1;
+    memcpy(m->xb, g->xfer_xb_h, (size_t)n_tok * E * 4);
+    memcpy(m->expert_ids, g->xfer_ids_h, (size_t)n_tok * k * 4);
+    memcpy(m->expert_w, g->xfer_w_h, (size_t)n_tok * k * 4);
+    model_routed_experts_cpu(m, il, n_tok, 1, g->xfer_out_h);
+    if (vk_begin(g->vk)) return -1;
+    copy2d(g, g->xfer_out, E, g->proj, E, (uint32_t)n_tok, E);
+    return 0;
+}
+
+static int ffn_block(struct model *m, int il, int n_tok) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    const struct gw *L = g->lw[il];
+    rmsnorm(g, g->x, g->xb, &L[W_FFN_NORM], hp->n_embd, n_tok, hp->n_embd, hp->norm_eps);
+    BARRIER();
+    if (!m->layers[il].is_moe) {
+        swiglu_ffn(g, &L[W_FFN_GATE], &L[W_FFN_UP], &L[W_FFN_DOWN], g->xb, n_tok, g->proj);
+    } else {
+        route(m, L, n_tok);
+        if (g->cpu_moe) {
+            if (cpu_routed_experts(m, il, n_tok)) return -1;
+        } else {
+            routed_experts(m, L, n_tok, g->proj);
+        }
+        if (L[W_FFN_DOWN_SHEXP].addr) {
+            BARRIER();
+            shared_experts(m, L, n_tok, g->proj);
+        }
+    }
+    BARRIER();
+    add(g, g->x, g->proj, (uint64_t)n_tok * hp->n_embd, 0);
+    BARRIER();
+    return 0;
+}
+
+static void attention_block(struct model *m, int il, int n_tok, int pos0) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    rmsnorm(g, g->x, g->xb, &g->lw[il][W_ATTN_NORM], hp->n_embd, n_tok, hp->n_embd, hp->norm_eps);
+    BARRIER();
+    if (m->ag.mla)
+        mla_attention(m, il, n_tok, pos0);
+    else
+        gqa_attention(m, il, n_tok, pos0);
+    BARRIER();
+    add(g, g->x, g->proj, (uint64_t)n_tok * hp->n_embd, 0);
+    BARRIER();
+}
+
+static void embed(struct model *m, int n_tok) {
+    struct vk_model *g = m->gpu;
+    const struct gw *e = &g->w[W_TOKEN_EMBD];
+    struct vk_get_rows_push p = {
+        e->addr,         g->tokens, g->x, (uint32_t)e->m.n_in, (uint32_t)e->m.row_bytes,
+        (uint32_t)n_tok, 0};
+    vk_dispatch(g->vk, (enum vk_kernel)vk_get_rows_kernel(e->m.type), &p, sizeof p, (uint32_t)n_tok,
+                1, 1);
+    BARRIER();
+}
+
+static void output_head(struct model *m, int first, int n_tok) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    int n = n_tok - first;
+    rmsnorm(g, f32_at(g->x, (uint64_t)first * hp->n_embd), g->xb, &g->w[W_OUTPUT_NORM], hp->n_embd,
+            n, hp->n_embd, hp->norm_eps);
+    BARRIER();
+    matmul(g, &g->w[W_OUTPUT], g->xb, n, g->logits);
+}
+
+int vk_model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0, float *logits,
+                     int all_logits) {
+    struct vk_model *g = m->gpu;
+    const struct hparams *hp = &m->hp;
+    int first = all_logits ? 0 : n_tok - 1;
+    int on_gpu = g->n_gpu_layers == (int)hp->n_layer;
+    memcpy(g->tokens_h, tokens, (size_t)n_tok * 4);
+    for (int t = 0; t < n_tok; t++) g->pos_h[t] = m->pos[t] = pos0 + t;
+    if (vk_begin(g->vk)) return -1;
+    embed(m, n_tok);
+    for (int il = 0; il < g->n_gpu_layers; il++) {
+        attention_block(m, il, n_tok, pos0);
+        if (ffn_block(m, il, n_tok)) return -1;
+    }
+    if (on_gpu && logits) output_head(m, first, n_tok);
+    if (!on_gpu) copy2d(g, g->x, hp->n_embd, g->xfer_x, hp->n_embd, (uint32_t)n_tok, hp->n_embd);
+    if (vk_submit(g->vk)) return -1;
+    if (on_gpu) {
+        if (logits)
+            memcpy(logits, g->logits_h, (size_t)(n_tok - first) * hp->n_vocab * sizeof(float));
+        return 0;
+    }
+    memcpy(m->x, g->xfer_x_h, (size_t)n_tok * hp->n_embd * 4);
+    for (int il = g->n_gpu_layers; il < (int)hp->n_layer; il++) model_layer_cpu(m, il, n_tok, pos0);
+    if (logits) model_output_cpu(m, first, n_tok, logits);
+    return 0;
+}
+
+void model_backend_text(const struct model *m, char *buf, size_t cap) {
+    char cpu[64];
+    snprintf(cpu, sizeof cpu, "cpu %d threads%s", cpu_n_threads(m->cpu),
+             cpu_has_blas() ? " + OpenBLAS" : "");
+    const struct vk_model *g = m->gpu;
+    if (!g) {
+        snprintf(buf, cap, cpu_reason[0] ? "%s (%s)" : "%s%s", cpu, cpu_reason);
+        return;
+    }
+    if (g->n_gpu_layers == (int)m->hp.n_layer && !g->cpu_moe)
+        snprintf(buf, cap, "GPU %s", vk_device_name(g->vk));
+    else
+        snprintf(buf, cap, "GPU %s: %d of %u layers%s, %s", vk_device_name(g->vk), g->n_gpu_layers,
+                 m->hp.n_layer, g->cpu_moe ? ", routed experts on the CPU" : "", cpu);
+}

@@ -1,0 +1,105 @@
+/* Push constants of every Vulkan kernel, byte for byte as shaders/NAME.comp declare them (std430
+ * push_constant blocks: 64-bit addresses first, then 32-bit fields), and each kernel's grid.
+ * Addresses are vk_buf.addr plus a byte offset; "floats" strides count 4-byte floats. */
+#ifndef MOERUN_VK_OPS_H
+#define MOERUN_VK_OPS_H
+
+#include <stdint.h>
+
+/* mul_mat_<type>: for each z in [0, gz): matrix m = ids ? ids[z] : z at w + m * w_zstride
+ * (n_out rows of row_bytes bytes, n_in values each, in the block format), and for each token t
+ * in [0, n_tok):  y[z*y_zstride + t*y_stride + o] = sum_i W_m[o][i] * x[(z / x_zdiv)*x_zstride
+ * + t*x_stride + i]  for o in [0, n_out).
+ * Grid: (ceil(n_out / VK_MM_ROWS), ceil(n_tok / VK_MM_TOKS), number of z). */
+enum { VK_MM_ROWS = 2, VK_MM_TOKS = 8 };
+struct vk_mul_mat_push {
+    uint64_t w, x, y, ids; /* ids: int32 per z, or 0 */
+    uint64_t w_zstride;    /* bytes */
+    uint32_t n_in, n_out, n_tok, row_bytes;
+    uint32_t x_stride, y_stride, x_zstride, y_zstride;
+    uint32_t x_zdiv; /* >= 1 */
+    uint32_t pad_;
+};
+
+/* get_rows_<type>: y[r*n_in + i] = row ids[r] of W (row_bytes apart), dequantized.
+ * Grid: (n_rows, 1, 1). */
+struct vk_get_rows_push {
+    uint64_t w, ids, y;
+    uint32_t n_in, row_bytes, n_rows, pad_;
+};
+
+/* rmsnorm: y[r*y_stride + i] = x[r*x_stride + i] / sqrt(mean(x_r^2) + eps) * w[i], i < n.
+ * In place allowed. Grid: (n_rows, 1, 1). */
+struct vk_rmsnorm_push {
+    uint64_t x, y, w;
+    uint32_t n, n_rows, x_stride, y_stride;
+    float eps;
+    uint32_t pad_;
+};
+
+/* rope: rotates, in place, the first n_rot values of head h of token t at x + t*row_stride +
+ * h*head_stride, at position pos[t]; mode 0 adjacent pairs, 2 NeoX halves; YaRN as cpu_rope.
+ * freq_factors: n_rot/2 floats or 0. Grid: (n_head, n_tok, 1). */
+struct vk_rope_push {
+    uint64_t x, pos, freq_factors;
+    uint32_t n_tok, n_head, head_stride, row_stride, n_rot, mode;
+    float theta_scale; /* powf(freq_base, -2 / n_rot), rounded as the CPU rounds it */
+    float freq_scale, ext_factor, attn_factor, corr0, corr1;
+};
+
+/* attention: causal GQA as struct attn_args in cpu.h (token t sees cache positions
+ * 0..pos0+t). Grid: (n_head, n_tok, 1). */
+struct vk_attention_push {
+    uint64_t q, k, v, out;
+    uint32_t q_stride, k_stride, v_stride, out_stride;
+    uint32_t n_tok, pos0, n_head, n_head_kv, head_dim, head_dim_v;
+    float scale;
+    uint32_t pad_;
+};
+
+/* swiglu: out[i] = silu(gate[i]) * up[i]; add: y[i] += x[x_period ? i % x_period : i] (a bias
+ * row added to every token when x_period is its length). Grid: (ceil(n / 256), 1, 1)
+ * (gx capped at 65535: the kernels loop). */
+enum { VK_EW_GROUP = 256 };
+struct vk_swiglu_push {
+    uint64_t gate, up, out;
+    uint32_t n, pad_;
+};
+struct vk_add_push {
+    uint64_t y, x;
+    uint32_t n, x_period;
+};
+
+/* copy2d: dst[r*dst_stride + i] = src[r*src_stride + i], i < n_cols, 32-bit words copied as
+ * bits (ints too). Grid: (n_rows, 1, 1). */
+struct vk_copy2d_push {
+    uint64_t src, dst;
+    uint32_t n_rows, n_cols, src_stride, dst_stride;
+};
+
+/* router: moe_route (moe.c) for each token t: logits + t*n_expert -> ids + t*k, weights +
+ * t*k. bias: n_expert floats or 0. Grid: (n_tok, 1, 1): a workgroup per token (a smaller
+ * grid works too: workgroups stride over the tokens). n_expert <= 512. */
+struct vk_router_push {
+    uint64_t logits, bias, ids, weights;
+    uint32_t n_tok, n_expert, k, gating;
+    uint32_t n_group, n_group_used, norm_weights, pad_;
+    float weights_scale;
+    uint32_t pad2_;
+};
+
+/* moe_sum: out[t*E + d] = sum over c < k, in order, of parts[(t*k + c)*E + d] * w[t*k + c].
+ * Grid: (ceil(E / 256), n_tok, 1). */
+struct vk_moe_sum_push {
+    uint64_t parts, w, out;
+    uint32_t n_tok, k, E, pad_;
+};
+
+/* gated_add: y[t*E + d] += x[t*E + d] * sigmoid(gate[t*gate_stride]) (qwen2moe's shared
+ * expert). Grid: (ceil(E / 256), n_tok, 1). */
+struct vk_gated_add_push {
+    uint64_t y, x, gate;
+    uint32_t n_tok, E, gate_stride, pad_;
+};
+
+#endif
