@@ -882,6 +882,25 @@ static void matmul(struct model *m, const struct weight *w, const float *x, int 
     cpu_matmul(m->cpu, &w->m, x, n_tok, y);
 }
 
+struct attn_args model_attn_args(const struct model *m, int n_tok, int pos0) {
+    const struct hparams *hp = &m->hp;
+    const struct attn_geometry *g = &m->ag;
+    int64_t q_width = g->mla ? g->kv_k : hp->head_dim;
+    return (struct attn_args){
+        .q_stride = (int64_t)hp->n_head * q_width,
+        .k_stride = g->kv_k,
+        .v_stride = g->mla ? g->kv_k : g->kv_v,
+        .out_stride = (int64_t)hp->n_head * g->v_head,
+        .n_tok = n_tok,
+        .pos0 = pos0,
+        .n_head = (int)hp->n_head,
+        .n_head_kv = g->n_head_kv,
+        .head_dim = (int)q_width,
+        .head_dim_v = g->v_head,
+        .scale = g->kq_scale,
+    };
+}
+
 /* Standard attention (llama, qwen): new keys and values go to the cache, then GQA over it. */
 static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     const struct hparams *hp = &m->hp;
@@ -909,23 +928,8 @@ static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     memcpy(k_cache + (size_t)pos0 * (size_t)g->kv_k, m->kv, (size_t)n_tok * (size_t)g->kv_k * 4);
     memcpy(v_cache + (size_t)pos0 * (size_t)g->kv_v, m->v, (size_t)n_tok * (size_t)g->kv_v * 4);
 
-    struct attn_args a = {
-        .q = m->q,
-        .k_cache = k_cache,
-        .v_cache = v_cache,
-        .out = m->att,
-        .q_stride = q_row,
-        .k_stride = g->kv_k,
-        .v_stride = g->kv_v,
-        .out_stride = (int64_t)hp->n_head * hp->head_dim_v,
-        .n_tok = n_tok,
-        .pos0 = pos0,
-        .n_head = (int)hp->n_head,
-        .n_head_kv = (int)hp->n_head_kv,
-        .head_dim = (int)hp->head_dim,
-        .head_dim_v = (int)hp->head_dim_v,
-        .scale = g->kq_scale,
-    };
+    struct attn_args a = model_attn_args(m, n_tok, pos0);
+    a.q = m->q, a.k_cache = k_cache, a.v_cache = v_cache, a.out = m->att;
     cpu_attention(m->cpu, &a);
     matmul(m, &L->w[W_ATTN_OUT], m->att, n_tok, m->proj);
 }
@@ -996,23 +1000,8 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
                    m->q + (size_t)t * (size_t)q_row + (size_t)h * (size_t)q_head + nope,
                    (size_t)rot * 4);
 
-    struct attn_args a = {
-        .q = m->q_att,
-        .k_cache = cache,
-        .v_cache = cache,
-        .out = m->att,
-        .q_stride = qa_row,
-        .k_stride = latent,
-        .v_stride = latent,
-        .out_stride = (int64_t)hp->n_head * lora,
-        .n_tok = n_tok,
-        .pos0 = pos0,
-        .n_head = (int)hp->n_head,
-        .n_head_kv = 1,
-        .head_dim = (int)latent,
-        .head_dim_v = (int)lora,
-        .scale = g->kq_scale,
-    };
+    struct attn_args a = model_attn_args(m, n_tok, pos0);
+    a.q = m->q_att, a.k_cache = cache, a.v_cache = cache, a.out = m->att;
     cpu_attention(m->cpu, &a);
 
     int64_t v_dim = hp->head_dim_v_mla, v_row = (int64_t)hp->n_head * v_dim;

@@ -205,6 +205,10 @@ void model_layer_cpu(struct model *m, int il, int n_tok, int pos0);
 void model_output_cpu(struct model *m, int first, int n_tok, float *logits);
 void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, float *out);
 
+/* The attention's shape over the cache (strides, heads, widths, scale) for a batch; the caller
+ * sets the four pointers. GQA as stored, or MLA over the latent cache. */
+struct attn_args model_attn_args(const struct model *m, int n_tok, int pos0);
+
 /* "cpu 2 threads + OpenBLAS", or the GPU and its share of the layers, for log lines. */
 void model_backend_text(const struct model *m, char *buf, size_t cap);
 

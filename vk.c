@@ -46,6 +46,7 @@ struct vk_ctx *vk_open(int index, int allow_cpu) {
 void vk_close(struct vk_ctx *c) { (void)c; }
 const char *vk_device_name(const struct vk_ctx *c) { return (void)c, ""; }
 uint64_t vk_device_memory(const struct vk_ctx *c) { return (void)c, 0; }
+uint64_t vk_max_buffer(const struct vk_ctx *c) { return (void)c, 0; }
 int vk_device_is_cpu(const struct vk_ctx *c) { return (void)c, 0; }
 int vk_alloc(struct vk_ctx *c, size_t size, enum vk_mem kind, struct vk_buf *out) {
     (void)c, (void)size, (void)kind, (void)out;
@@ -162,13 +163,11 @@ static PFN_vkGetInstanceProcAddr get_instance_proc;
 static PFN_vkCreateInstance create_instance;
 static PFN_vkEnumerateInstanceLayerProperties enumerate_layers;
 static PFN_vkCreateDebugUtilsMessengerEXT create_messenger;
-static PFN_vkDestroyDebugUtilsMessengerEXT destroy_messenger;
 
 enum { STAGING_BYTES = 64 << 20, MAX_QUERIES = 8192, PUSH_BYTES = 128 };
 
 struct vk_ctx {
     VkInstance instance;
-    VkDebugUtilsMessengerEXT messenger;
     VkPhysicalDevice phys;
     VkPhysicalDeviceProperties props;
     VkPhysicalDeviceMemoryProperties mem;
@@ -202,7 +201,8 @@ static const char *result_name(VkResult r) {
     case x:                                                                                        \
         return #x;
         R(VK_SUCCESS)
-        R(VK_NOT_READY) R(VK_TIMEOUT) R(VK_INCOMPLETE) R(VK_ERROR_OUT_OF_HOST_MEMORY)
+        R(VK_NOT_READY)
+        R(VK_TIMEOUT) R(VK_INCOMPLETE) R(VK_ERROR_OUT_OF_HOST_MEMORY)
             R(VK_ERROR_OUT_OF_DEVICE_MEMORY) R(VK_ERROR_INITIALIZATION_FAILED)
                 R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED) R(VK_ERROR_LAYER_NOT_PRESENT)
                     R(VK_ERROR_EXTENSION_NOT_PRESENT) R(VK_ERROR_FEATURE_NOT_PRESENT)
@@ -266,9 +266,16 @@ static int has_layer(const char *name) {
     return found;
 }
 
-/* MOERUN_VK_VALIDATE=1 turns on the Khronos validation layer; its errors are printed and
- * make vk_submit fail. */
+/* One instance for the process, made on first use and never destroyed: destroying it unloads
+ * the drivers, which then leave their own allocations behind as leaks (LeakSanitizer sees
+ * them once their module is gone), and every model load would pay for loading them again.
+ * MOERUN_VK_VALIDATE=1 turns on the Khronos validation layer; its errors are printed and make
+ * vk_submit fail. */
+static VkInstance the_instance;
+static VkDebugUtilsMessengerEXT the_messenger;
+
 static int create_vk_instance(struct vk_ctx *c) {
+    if (the_instance) return c->instance = the_instance, 0;
     if (open_loader()) return -1;
     const char *layer = "VK_LAYER_KHRONOS_validation";
     const char *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
@@ -289,7 +296,8 @@ static int create_vk_instance(struct vk_ctx *c) {
                                .ppEnabledLayerNames = &layer,
                                .enabledExtensionCount = validate ? 1 : 0,
                                .ppEnabledExtensionNames = &ext};
-    VK_TRY("vkCreateInstance", create_instance(&ci, NULL, &c->instance));
+    VK_TRY("vkCreateInstance", create_instance(&ci, NULL, &the_instance));
+    c->instance = the_instance;
 #define LOAD_FN(f)                                                                                 \
     f = (PFN_##f)get_instance_proc(c->instance, #f);                                               \
     if (!f) return (err_set("vulkan: the loader lacks %s", #f), -1);
@@ -298,8 +306,6 @@ static int create_vk_instance(struct vk_ctx *c) {
     if (validate) {
         create_messenger = (PFN_vkCreateDebugUtilsMessengerEXT)get_instance_proc(
             c->instance, "vkCreateDebugUtilsMessengerEXT");
-        destroy_messenger = (PFN_vkDestroyDebugUtilsMessengerEXT)get_instance_proc(
-            c->instance, "vkDestroyDebugUtilsMessengerEXT");
         VkDebugUtilsMessengerCreateInfoEXT mi = {
             .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
             .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT |
@@ -310,7 +316,7 @@ static int create_vk_instance(struct vk_ctx *c) {
             .pfnUserCallback = on_validation};
         if (create_messenger)
             VK_TRY("vkCreateDebugUtilsMessengerEXT",
-                   create_messenger(c->instance, &mi, NULL, &c->messenger));
+                   create_messenger(c->instance, &mi, NULL, &the_messenger));
     }
     return 0;
 }
@@ -332,12 +338,17 @@ static void query_features(VkPhysicalDevice p, struct vk_features *f) {
     vkGetPhysicalDeviceFeatures2(p, &f->f2);
 }
 
-static int subgroup_arithmetic(VkPhysicalDevice p) {
+static VkPhysicalDeviceSubgroupProperties subgroup_props(VkPhysicalDevice p) {
     VkPhysicalDeviceSubgroupProperties sg = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
                                       .pNext = &sg};
     vkGetPhysicalDeviceProperties2(p, &p2);
+    return sg;
+}
+
+static int subgroup_arithmetic(VkPhysicalDevice p) {
+    VkPhysicalDeviceSubgroupProperties sg = subgroup_props(p);
     return (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&
            (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT);
 }
@@ -393,14 +404,7 @@ static int has_extension(VkPhysicalDevice p, const char *name) {
     return found;
 }
 
-static uint32_t subgroup_size(VkPhysicalDevice p) {
-    VkPhysicalDeviceSubgroupProperties sg = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
-    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                      .pNext = &sg};
-    vkGetPhysicalDeviceProperties2(p, &p2);
-    return sg.subgroupSize;
-}
+static uint32_t subgroup_size(VkPhysicalDevice p) { return subgroup_props(p).subgroupSize; }
 
 static int enumerate(struct vk_ctx *c, VkPhysicalDevice **out) {
     uint32_t n = 0;
@@ -408,11 +412,6 @@ static int enumerate(struct vk_ctx *c, VkPhysicalDevice **out) {
     *out = xcalloc(n ? n : 1, sizeof **out);
     VK_TRY("vkEnumeratePhysicalDevices", vkEnumeratePhysicalDevices(c->instance, &n, *out));
     return (int)n;
-}
-
-static void destroy_instance(struct vk_ctx *c) {
-    if (c->messenger && destroy_messenger) destroy_messenger(c->instance, c->messenger, NULL);
-    if (c->instance) vkDestroyInstance(c->instance, NULL);
 }
 
 int vk_list_devices(FILE *out) {
@@ -442,7 +441,6 @@ int vk_list_devices(FILE *out) {
                 missing ? missing : "");
     }
     free(devs);
-    destroy_instance(&c);
     return n;
 }
 
@@ -579,7 +577,6 @@ void vk_close(struct vk_ctx *c) {
         if (c->layout) vkDestroyPipelineLayout(c->dev, c->layout, NULL);
         vkDestroyDevice(c->dev, NULL);
     }
-    destroy_instance(c);
     free(c);
 }
 
@@ -587,6 +584,21 @@ const char *vk_device_name(const struct vk_ctx *c) { return c->props.deviceName;
 uint64_t vk_device_memory(const struct vk_ctx *c) { return device_local_bytes(c->phys); }
 int vk_device_is_cpu(const struct vk_ctx *c) {
     return c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+}
+
+/* The smaller of the largest allocation and (Vulkan 1.3) the largest buffer. */
+uint64_t vk_max_buffer(const struct vk_ctx *c) {
+    VkPhysicalDeviceMaintenance4Properties m4 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+        .pNext = c->props.apiVersion >= VK_API_VERSION_1_3 ? &m4 : NULL};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(c->phys, &p2);
+    uint64_t max = m3.maxMemoryAllocationSize;
+    if (m4.maxBufferSize && m4.maxBufferSize < max) max = m4.maxBufferSize;
+    return max;
 }
 
 /* ---- memory ---- */

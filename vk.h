@@ -61,6 +61,7 @@ struct vk_ctx *vk_open(int index, int allow_cpu);
 void vk_close(struct vk_ctx *c);
 const char *vk_device_name(const struct vk_ctx *c);
 uint64_t vk_device_memory(const struct vk_ctx *c); /* bytes of device-local heap */
+uint64_t vk_max_buffer(const struct vk_ctx *c);    /* largest single buffer, bytes */
 int vk_device_is_cpu(const struct vk_ctx *c);
 
 int vk_alloc(struct vk_ctx *c, size_t size, enum vk_mem kind, struct vk_buf *out);

@@ -281,6 +281,22 @@ const char *vk_model_cpu_reason(void) { return cpu_reason; }
 
 int vk_model_gpu_layers(const struct model *m) { return m->gpu ? m->gpu->n_gpu_layers : 0; }
 
+/* True (err set) when a routed expert tensor exceeds the device's largest buffer. */
+static int experts_too_large(const struct model *m, struct vk_ctx *vk) {
+    uint64_t max = vk_max_buffer(vk);
+    for (uint32_t il = 0; il < m->hp.n_layer; il++)
+        for (int s = 0; s < W_SLOT_COUNT; s++) {
+            const struct gguf_tensor *t = m->layers[il].w[s].t;
+            if (t && is_routed_expert(s) && t->nbytes > max) {
+                err_set("'%.*s' holds %.2f GiB; %s's largest buffer is %.2f GiB", (int)t->name.len,
+                        t->name.data, (double)t->nbytes / (1 << 30), vk_device_name(vk),
+                        (double)max / (1 << 30));
+                return 1;
+            }
+        }
+    return 0;
+}
+
 /* What the kernels cannot take, as a reason to stay on the CPU; NULL when they can. */
 static const char *kernel_limits(const struct model *m) {
     if (m->hp.n_expert > 512) return "the GPU router takes at most 512 experts";
@@ -307,6 +323,10 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
         return 0;
     }
     if (p.fit) fit_placement(m, vk, &p);
+    if (!p.cpu_moe && experts_too_large(m, vk)) {
+        p.cpu_moe = 1; /* a stacked expert tensor is larger than one buffer may be */
+        if (p.verbose) fprintf(stderr, "moerun: routed experts on the CPU: %s\n", err_get());
+    }
     if (p.gpu_layers < 0 || p.gpu_layers > (int)m->hp.n_layer) p.gpu_layers = (int)m->hp.n_layer;
     if (p.gpu_layers == 0) {
         if (!p.shared) vk_close(vk);
@@ -527,19 +547,7 @@ static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     copy2d(g, g->v, (uint32_t)ag->kv_v, f32_at(vc, (uint64_t)pos0 * ag->kv_v), (uint32_t)ag->kv_v,
            (uint32_t)n_tok, (uint32_t)ag->kv_v);
     BARRIER();
-    struct attn_args a = {
-        .q_stride = q_row,
-        .k_stride = ag->kv_k,
-        .v_stride = ag->kv_v,
-        .out_stride = (int64_t)hp->n_head * hp->head_dim_v,
-        .n_tok = n_tok,
-        .pos0 = pos0,
-        .n_head = (int)hp->n_head,
-        .n_head_kv = (int)hp->n_head_kv,
-        .head_dim = (int)hp->head_dim,
-        .head_dim_v = (int)hp->head_dim_v,
-        .scale = ag->kq_scale,
-    };
+    struct attn_args a = model_attn_args(m, n_tok, pos0);
     attention(g, &a, g->q, kc, vc, g->att);
     BARRIER();
     matmul(g, &L[W_ATTN_OUT], g->att, n_tok, g->proj);
@@ -595,19 +603,7 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     copy2d(g, f32_at(g->q, nope), q_head, f32_at(g->q_att, lora), latent, (uint32_t)n_tok * n_head,
            rot);
     BARRIER();
-    struct attn_args a = {
-        .q_stride = qa_row,
-        .k_stride = latent,
-        .v_stride = latent,
-        .out_stride = (int64_t)n_head * lora,
-        .n_tok = n_tok,
-        .pos0 = pos0,
-        .n_head = (int)n_head,
-        .n_head_kv = 1,
-        .head_dim = (int)latent,
-        .head_dim_v = (int)lora,
-        .scale = ag->kq_scale,
-    };
+    struct attn_args a = model_attn_args(m, n_tok, pos0);
     attention(g, &a, g->q_att, cache, cache, g->att);
     BARRIER();
     /* per-head values: att_v[t][h] = V_b[h] att[t][h] */

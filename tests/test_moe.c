@@ -3,6 +3,7 @@
  * all-equal scores), both group rules, weight normalization and scaling, and the load checks. */
 #include "cpu.h"
 #include "moe.h"
+#include "router_test.h"
 #include "test.h"
 #include "util.h"
 
@@ -77,20 +78,6 @@ static void ref_route(const struct moe_router_cfg *c, const float *logits, int32
 
 /* ---- helpers ---- */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rng_next(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_uniform(void) { return (double)(rng_next() >> 11) * 0x1p-53; }
-static float rng_normal(void) {
-    double u = rng_uniform() + 0x1p-60, v = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
-}
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
-
 /* Runs moe_route with scratch of exactly the advertised size (ASan sees any overrun). */
 static void route(const struct moe_router_cfg *c, const float *logits, int32_t *ids, float *w) {
     void *scratch = xmalloc(moe_route_scratch_bytes(c));
@@ -136,35 +123,6 @@ static struct moe_router_cfg cfg_grouped(int n_expert, int n_used, int n_group, 
 }
 
 /* ---- random and tie-heavy scores against the reference ---- */
-
-enum score_kind { SCORES_NORMAL, SCORES_TIED, SCORES_EQUAL, SCORES_VERY_NEGATIVE, N_SCORE_KINDS };
-
-/* TIED draws from five values, so exact ties within and across groups and at every boundary
- * are common; VERY_NEGATIVE drives sigmoid weights below the normalization clamp. */
-static void fill_logits(float *x, int n, enum score_kind kind) {
-    for (int i = 0; i < n; i++) {
-        switch (kind) {
-        case SCORES_NORMAL:
-            x[i] = 2.0f * rng_normal();
-            break;
-        case SCORES_TIED:
-            x[i] = 0.5f * (float)(rng_int(5) - 2);
-            break;
-        case SCORES_EQUAL:
-            x[i] = -1.25f;
-            break;
-        default:
-            x[i] = -20.0f - (float)rng_int(10);
-            break;
-        }
-    }
-}
-
-/* Biases of the fixtures' size (0.05), coarse ones that tie and flip choices, and zeros. */
-static void fill_bias(float *b, int n, int kind) {
-    for (int i = 0; i < n; i++)
-        b[i] = kind == 0 ? 0.05f * rng_normal() : kind == 1 ? 0.25f * (float)(rng_int(3) - 1) : 0;
-}
 
 struct shape {
     const char *name;

@@ -6,10 +6,13 @@
  * is skipped, unless MOERUN_REQUIRE_VULKAN=1, which makes that a failure. */
 #include "cpu.h"
 #include "moe.h"
+#define RNG_SEED 0x243f6a8885a308d3ull
+#include "router_test.h"
 #include "test.h"
 #include "util.h"
 #include "vk.h"
 #include "vk_ops.h"
+#include "vk_test.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -17,31 +20,6 @@
 #include <string.h>
 
 /* ---- helpers ---- */
-
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-static uint64_t rng_next(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_uniform(void) { return (double)(rng_next() >> 11) * 0x1p-53; }
-static float rng_normal(void) {
-    double u = rng_uniform() + 0x1p-60, v = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
-}
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static int require_vulkan(void) {
-    const char *e = getenv("MOERUN_REQUIRE_VULKAN");
-    return e && strcmp(e, "1") == 0;
-}
-
-static struct vk_buf host_buf(struct vk_ctx *vk, size_t bytes) {
-    struct vk_buf b;
-    if (vk_alloc(vk, bytes, VK_MEM_HOST, &b) != 0) die("vk_alloc(%zu): %s", bytes, err_get());
-    return b;
-}
 
 /* ---- attention ---- */
 
@@ -120,8 +98,9 @@ static void test_attention_case(struct vk_ctx *vk, struct cpu_ctx *cpu, const st
     size_t q_n = (size_t)c->n_tok * (size_t)q_stride, k_n = (size_t)n_ctx * (size_t)k_stride;
     size_t v_n = c->mla ? 0 : (size_t)n_ctx * (size_t)v_stride;
     size_t o_n = (size_t)c->n_tok * (size_t)out_stride;
-    struct vk_buf q = host_buf(vk, q_n * 4), k = host_buf(vk, k_n * 4),
-                  v = c->mla ? k : host_buf(vk, v_n * 4), o = host_buf(vk, o_n * 4);
+    struct vk_buf q = vk_test_buf(vk, NULL, q_n * 4), k = vk_test_buf(vk, NULL, k_n * 4),
+                  v = c->mla ? k : vk_test_buf(vk, NULL, v_n * 4),
+                  o = vk_test_buf(vk, NULL, o_n * 4);
     float *qf = q.map, *kf = k.map, *vf = v.map, *of = o.map;
     for (size_t i = 0; i < q_n; i++) qf[i] = c->score_gain * rng_normal();
     for (size_t i = 0; i < k_n; i++) kf[i] = rng_normal();
@@ -263,34 +242,7 @@ static const struct shape shapes[] = {
     {"softmax_100_top3_chunks_and_tail", 100, 3, 0, 0, MOE_GATING_SOFTMAX, 0, 1, 1.0f},
 };
 
-enum score_kind { SCORES_NORMAL, SCORES_TIED, SCORES_EQUAL, SCORES_VERY_NEGATIVE, N_SCORE_KINDS };
 static const char *const kind_names[] = {"normal", "tied", "equal", "very_negative"};
-
-/* TIED draws from five values, so exact ties within and across groups, across the softmax's
- * 16-value chunks and its tail, and at every boundary are common. */
-static void fill_logits(float *x, int n, enum score_kind kind) {
-    for (int i = 0; i < n; i++) {
-        switch (kind) {
-        case SCORES_NORMAL:
-            x[i] = 2.0f * rng_normal();
-            break;
-        case SCORES_TIED:
-            x[i] = 0.5f * (float)(rng_int(5) - 2);
-            break;
-        case SCORES_EQUAL:
-            x[i] = -1.25f;
-            break;
-        default:
-            x[i] = -20.0f - (float)rng_int(10);
-            break;
-        }
-    }
-}
-
-static void fill_bias(float *b, int n, int kind) {
-    for (int i = 0; i < n; i++)
-        b[i] = kind == 0 ? 0.05f * rng_normal() : kind == 1 ? 0.25f * (float)(rng_int(3) - 1) : 0;
-}
 
 /* One dispatch over ROUTER_TOKENS tokens against moe_route; per_token_grid: one workgroup
  * per token instead of the contract's ceil(n_tok / 64). Returns 0 and fills why on the first
@@ -348,10 +300,10 @@ static int router_run(struct vk_ctx *vk, const struct moe_router_cfg *c, struct 
 }
 
 static void test_router(struct vk_ctx *vk) {
-    struct vk_buf logits = host_buf(vk, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
-    struct vk_buf bias = host_buf(vk, MAX_EXPERT * 4);
-    struct vk_buf ids = host_buf(vk, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
-    struct vk_buf w = host_buf(vk, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
+    struct vk_buf logits = vk_test_buf(vk, NULL, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
+    struct vk_buf bias = vk_test_buf(vk, NULL, MAX_EXPERT * 4);
+    struct vk_buf ids = vk_test_buf(vk, NULL, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
+    struct vk_buf w = vk_test_buf(vk, NULL, (size_t)ROUTER_TOKENS * MAX_EXPERT * 4);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const struct shape *sh = &shapes[s];
         struct moe_router_cfg c = {.n_expert = sh->n_expert,
@@ -395,15 +347,8 @@ static void test_router(struct vk_ctx *vk) {
 }
 
 int main(void) {
-    struct vk_ctx *vk = vk_open(-1, 1);
-    if (!vk) {
-        if (require_vulkan())
-            test_report("vk_attn_router", 0, "MOERUN_REQUIRE_VULKAN=1 but no device: %s",
-                        err_get());
-        else
-            test_skip("vk_attn_router", "no Vulkan device: %s", err_get());
-        TEST_EXIT();
-    }
+    struct vk_ctx *vk = vk_test_open("vk_attn_router");
+    if (!vk) TEST_EXIT();
     printf("# device: %s%s\n", vk_device_name(vk), vk_device_is_cpu(vk) ? " (CPU)" : "");
     test_attention(vk);
     test_router(vk);

@@ -5,6 +5,8 @@
  * Runs on any Vulkan device, Mesa's lavapipe included (vk_open allows CPU devices here); without
  * one it prints SKIP, or FAIL when MOERUN_REQUIRE_VULKAN=1. */
 #include "quant.h"
+#define RNG_SEED 0x2545F4914F6CDD1Dull
+#include "rng_test.h"
 #include "test.h"
 #include "util.h"
 #include "vk.h"
@@ -14,20 +16,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-/* xorshift: reproducible data without libc rand's unspecified sequence */
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static double rng_uniform(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-static float rng_normal(void) {
-    double u = rng_uniform(), v = rng_uniform();
-    if (u < 1e-300) u = 1e-300;
-    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
-}
 
 static const uint32_t vk_types[] = {QT_F32,  QT_F16,  QT_BF16, QT_Q4_0, QT_Q4_1, QT_Q5_0, QT_Q5_1,
                                     QT_Q8_0, QT_Q2_K, QT_Q3_K, QT_Q4_K, QT_Q5_K, QT_Q6_K};
