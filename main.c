@@ -841,7 +841,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(argv[1], "devices")) return cmd_devices(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version")) {
-        printf("moerun %s (%s)\n", MOERUN_VERSION, cpu_has_blas() ? "cpu, openblas" : "cpu");
+        printf("moerun %s (cpu%s%s)\n", MOERUN_VERSION, cpu_has_blas() ? ", openblas" : "",
+               vk_built() ? ", vulkan" : "");
         return 0;
     }
     struct {

@@ -27,6 +27,14 @@ int vk_get_rows_kernel(uint32_t qtype) {
     return k < 0 ? -1 : k - VK_MUL_MAT_F32 + VK_GET_ROWS_F32;
 }
 
+int vk_built(void) {
+#ifdef MOERUN_VULKAN
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 #ifndef MOERUN_VULKAN
 
 static int not_built(void) {
@@ -202,15 +210,15 @@ static const char *result_name(VkResult r) {
         return #x;
         R(VK_SUCCESS)
         R(VK_NOT_READY)
-        R(VK_TIMEOUT) R(VK_INCOMPLETE) R(VK_ERROR_OUT_OF_HOST_MEMORY)
-            R(VK_ERROR_OUT_OF_DEVICE_MEMORY) R(VK_ERROR_INITIALIZATION_FAILED)
-                R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED) R(VK_ERROR_LAYER_NOT_PRESENT)
-                    R(VK_ERROR_EXTENSION_NOT_PRESENT) R(VK_ERROR_FEATURE_NOT_PRESENT)
-                        R(VK_ERROR_INCOMPATIBLE_DRIVER) R(VK_ERROR_TOO_MANY_OBJECTS)
-                            R(VK_ERROR_FORMAT_NOT_SUPPORTED) R(VK_ERROR_INVALID_SHADER_NV)
-                                R(VK_ERROR_UNKNOWN)
+        R(VK_TIMEOUT)
+        R(VK_INCOMPLETE) R(VK_ERROR_OUT_OF_HOST_MEMORY) R(VK_ERROR_OUT_OF_DEVICE_MEMORY)
+            R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED)
+                R(VK_ERROR_LAYER_NOT_PRESENT) R(VK_ERROR_EXTENSION_NOT_PRESENT)
+                    R(VK_ERROR_FEATURE_NOT_PRESENT) R(VK_ERROR_INCOMPATIBLE_DRIVER)
+                        R(VK_ERROR_TOO_MANY_OBJECTS) R(VK_ERROR_FORMAT_NOT_SUPPORTED)
+                            R(VK_ERROR_INVALID_SHADER_NV) R(VK_ERROR_UNKNOWN)
 #undef R
-                                    default : return "VkResult";
+                                default : return "VkResult";
     }
 }
 
@@ -451,7 +459,8 @@ static int choose_device(struct vk_ctx *c, int index, int allow_cpu) {
     if (n < 0) return -1;
     if (index >= n) {
         free(devs);
-        err_set("vulkan: --device %d: there are %d Vulkan devices (see moerun devices)", index, n);
+        err_set("vulkan: --device %d: there %s %d Vulkan device%s (see moerun devices)", index,
+                n == 1 ? "is" : "are", n, n == 1 ? "" : "s");
         return -1;
     }
     int best = -1, best_rank = 0;
@@ -470,17 +479,19 @@ static int choose_device(struct vk_ctx *c, int index, int allow_cpu) {
             }
             continue;
         }
-        int rank = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU     ? 4
+        int rank = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? 4
                    : p.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ? 3
-                   : p.deviceType == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU    ? 2
-                   : (allow_cpu || index >= 0)                              ? 1
-                                                                            : 0;
+                   : p.deviceType == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU ? 2
+                   : (allow_cpu || index >= 0) ? 1
+                                               : 0;
         if (rank > best_rank) best = i, best_rank = rank;
     }
     if (best >= 0) c->phys = devs[best];
     free(devs);
     if (best < 0) {
-        err_set("vulkan: no usable GPU among %d Vulkan devices (see moerun devices)", n);
+        err_set("vulkan: no usable GPU among %d Vulkan device%s (see moerun devices; CPU devices "
+                "only with --device N)",
+                n, n == 1 ? "" : "s");
         return -1;
     }
     vkGetPhysicalDeviceProperties(c->phys, &c->props);

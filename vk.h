@@ -41,6 +41,9 @@ int vk_get_rows_kernel(uint32_t qtype);
 
 struct vk_ctx;
 
+/* True when this binary has the Vulkan backend (it still needs a loader at run time). */
+int vk_built(void);
+
 enum vk_mem { VK_MEM_DEVICE, VK_MEM_HOST }; /* HOST: host-visible, coherent, mapped */
 
 struct vk_buf {

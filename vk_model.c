@@ -56,6 +56,7 @@ struct placement {
     struct gw *dst;
     const void *data; /* host bytes (the map, or derived f32) */
     uint64_t bytes;
+    int alias; /* >= 0: the same tensor as that placement (tied embeddings): not uploaded again */
 };
 
 static int check_kernel(const struct model *m, const struct weight *w) {
@@ -66,7 +67,7 @@ static int check_kernel(const struct model *m, const struct weight *w) {
 }
 
 /* Places tensors into 1 GiB arenas in order (a larger tensor gets its own) and uploads. */
-static int upload_all(struct model *m, struct vk_model *g, struct placement *pl, int n) {
+static int upload_all(struct vk_model *g, struct placement *pl, int n) {
     uint64_t used = 0;
     int first = 0;
     g->arenas = xcalloc((size_t)n + 1, sizeof *g->arenas);
@@ -86,13 +87,17 @@ static int upload_all(struct model *m, struct vk_model *g, struct placement *pl,
         }
         used = sz;
     }
-    (void)m;
+    for (int i = 0; i < n; i++)
+        if (pl[i].alias >= 0) pl[i].dst->addr = pl[pl[i].alias].dst->addr;
     return 0;
 }
 
 static void add_placement(struct placement *pl, int *n, const struct weight *w, struct gw *dst) {
     *dst = (struct gw){0, w->m, (uint64_t)w->t->ne[1] * w->m.row_bytes};
-    pl[(*n)++] = (struct placement){w, dst, w->t->data, w->t->nbytes};
+    int alias = -1;
+    for (int i = 0; i < *n && alias < 0; i++)
+        if (pl[i].src && pl[i].src->t == w->t) alias = i;
+    pl[(*n)++] = (struct placement){w, dst, w->t->data, alias < 0 ? w->t->nbytes : 0, alias};
 }
 
 static int upload_weights(struct model *m, struct vk_model *g) {
@@ -112,14 +117,14 @@ static int upload_weights(struct model *m, struct vk_model *g) {
             *d = (struct gw){0,
                              {L->k_b_derived, QT_F32, nope, lora, (size_t)nope * 4, 0},
                              (uint64_t)(lora * nope * 4)};
-            pl[n++] = (struct placement){NULL, d, L->k_b_derived, d->matrix_bytes * hp->n_head};
+            pl[n++] = (struct placement){NULL, d, L->k_b_derived, d->matrix_bytes * hp->n_head, -1};
         }
     }
     int rc = 0;
     for (int i = 0; i < n && !rc; i++)
         if (pl[i].src && pl[i].src->t->type != QT_F32 && pl[i].src->m.n_in > 0)
             rc = check_kernel(m, pl[i].src);
-    if (!rc) rc = upload_all(m, g, pl, n);
+    if (!rc) rc = upload_all(g, pl, n);
     free(pl);
     return rc;
 }
@@ -337,7 +342,6 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
     g->vk = vk;
     g->n_gpu_layers = p.gpu_layers;
     g->cpu_moe = p.cpu_moe && m->hp.n_expert > 0;
-    g->profile = p.profile;
     g->shared = p.shared != NULL;
     g->lw = xcalloc((size_t)g->n_gpu_layers, sizeof *g->lw);
     g->k_b_derived = xcalloc((size_t)g->n_gpu_layers, sizeof *g->k_b_derived);
@@ -345,8 +349,12 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
     double t0 = time_now();
     if (upload_weights(m, g) || alloc_buffers(m, g)) {
         vk_model_free(m);
-        return -1;
+        if (p.device >= 0) return -1;
+        /* the GPU was only preferred: out of device memory, a block format it lacks, ... */
+        snprintf(cpu_reason, sizeof cpu_reason, "%s", err_get());
+        return 0;
     }
+    g->profile = p.profile;
     vk_profile_enable(vk, p.profile);
     if (p.verbose)
         fprintf(stderr, "moerun: %s: %d of %u layers on the GPU%s, uploaded in %.1f s\n",
