@@ -823,6 +823,10 @@ int model_init(struct model *m, const struct model_params *p) {
     m->cpu = cpu_init(&cc);
     alloc_scratch(m);
     if (p->gpu.enabled && vk_model_init(m, &p->gpu) < 0) return -1;
+    if (m->gpu && vk_model_gpu_layers(m) == (int)hp->n_layer) { /* the GPU holds the cache */
+        free(m->k_cache), free(m->v_cache);
+        m->k_cache = m->v_cache = NULL;
+    }
     return 0;
 }
 
