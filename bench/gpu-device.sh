@@ -11,13 +11,17 @@
 #                 platforms' prebuilt binaries and llama.cpp's source bundle
 #       fixtures/ part of ../shared/fixtures/compat for test_vk_model
 #   bench/gpu-device.sh             there (the device tool: carry $DEV): results in $OUT
-#       (default /tmp/gpu-out): devices.txt, tests.txt, bench-*.txt, llama-*.txt, profile-*.txt
+#       (default /tmp/gpu-out): log.txt (every step's figures), tests.txt, and parts.tgz with
+#       devices.txt, bench-*.txt, llama-*.txt, profile-*.txt, mktiny.txt (the device tool
+#       brings back at most 8 files)
 # About 6 minutes on an H200 with 16 cores, most of it writing the 9.7 GB model.
 set -u
 cd "$(dirname "$0")/.."
 DEV=${DEV:-.dev}
 OUT=${OUT:-/tmp/gpu-out}
 FAMILIES=${FAMILIES:-"qwen2moe deepseek2-v3"}
+MODELS=${MODELS:-"small v2lite"} # a dry run here: MODELS=small SMALL_PRESET=tiny-deepseek2
+GPU_ARGS=${GPU_ARGS:-}          #   GPU_ARGS="--device 0" (lavapipe)
 if [ "${1:-}" = prepare ]; then
     rm -rf "$DEV" && mkdir -p "$DEV/bin" "$DEV/debs" "$DEV/fixtures/compat"
     make -j2 BUILD=build-dev BLAS=0 LIBEDIT=0 OPT=-O2 build-dev/moerun build-dev/mktiny \
@@ -39,19 +43,24 @@ if [ "${1:-}" = prepare ]; then
     du -sh "$DEV"
     exit 0
 fi
-mkdir -p "$OUT"
+P=$OUT/parts
+mkdir -p "$P"
 t0=$(date +%s)
+trap 'tar czf "$OUT/parts.tgz" -C "$OUT" parts && rm -rf "$P"' EXIT
 stamp() { echo "[$(($(date +%s) - t0)) s] $*" | tee -a "$OUT/log.txt"; }
 
-for f in "$DEV"/debs/*.deb; do dpkg -x "$f" /; done
-ldconfig
-# the image's own /usr/share ICD file does not load; the driver mount's does
+# the NVIDIA machine lacks the loader and glvnd; its image's own /usr/share ICD file does not
+# load, the driver mount's does
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+if [ -f "$icd" ]; then
+    for f in "$DEV"/debs/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    export VK_DRIVER_FILES=$icd
+fi
 B=$DEV/bin
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/devices.txt" 2>&1
-"$B/moerun" devices >>"$OUT/devices.txt" 2>&1
-stamp "devices: $(grep -c usable "$OUT/devices.txt") listed"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$P/devices.txt" 2>&1
+"$B/moerun" devices >>"$P/devices.txt" 2>&1
+stamp "devices: $(grep -c usable "$P/devices.txt") listed"
 
 for t in test_vk_ops test_vk_matmul test_vk_attn_router; do
     MOERUN_REQUIRE_VULKAN=1 "$B/$t" >>"$OUT/tests.txt" 2>&1 || echo "$t: exit $?" >>"$OUT/tests.txt"
@@ -61,26 +70,33 @@ MOERUN_REQUIRE_VULKAN=1 MOERUN_FIXTURES=$DEV/fixtures MOERUN_VK_FAMILIES=$FAMILI
 stamp "tests: $(grep -c '^ok' "$OUT/tests.txt") ok, $(grep -c '^FAIL' "$OUT/tests.txt") failed"
 
 # node resolves packages from the real path: they must sit in a directory named node_modules
-mkdir -p /tmp/nm && tar xJf "$DEV/nm.tar.xz" -C /tmp/nm && xz -dc "$DEV/node.xz" >/tmp/node &&
-    chmod +x /tmp/node && rm -rf tests/ref/node_modules &&
-    ln -s /tmp/nm/node_modules tests/ref/node_modules
-"$B/mktiny" /tmp/small.gguf --preset deepseek-small --type q4_k_m >"$OUT/mktiny.txt" 2>&1
+# (a checkout that has them installed keeps its own)
+NODE=$(command -v node || echo /tmp/node)
+if [ ! -e tests/ref/node_modules ]; then
+    mkdir -p /tmp/nm && tar xJf "$DEV/nm.tar.xz" -C /tmp/nm &&
+        ln -s /tmp/nm/node_modules tests/ref/node_modules
+fi
+[ -x "$NODE" ] || { xz -dc "$DEV/node.xz" >/tmp/node && chmod +x /tmp/node; }
+"$B/mktiny" /tmp/small.gguf --preset "${SMALL_PRESET:-deepseek-small}" --type q4_k_m >"$P/mktiny.txt" 2>&1
 stamp "small model written"
 # the big one is written while the small one is measured (the GPU runs need little CPU)
-("$B/mktiny" /tmp/v2lite.gguf --preset deepseek-v2-lite --type q4_k_m --threads 12 \
-    >>"$OUT/mktiny.txt" 2>&1; stamp "v2-lite model written") &
+case $MODELS in *v2lite*)
+    ("$B/mktiny" /tmp/v2lite.gguf --preset deepseek-v2-lite --type q4_k_m --threads 12 \
+        >>"$P/mktiny.txt" 2>&1; stamp "v2-lite model written") & ;;
+esac
 
-for m in small v2lite; do
+for m in $MODELS; do
     [ $m = v2lite ] && wait
     f=/tmp/$m.gguf
-    "$B/moerun" bench "$f" -p 128 -n 64 -r 3 >"$OUT/bench-$m.txt" 2>&1
-    stamp "moerun $m: $(grep -E '(pp|tg)[0-9]' "$OUT/bench-$m.txt" | awk -F'|' '{print $7 $8}' | tr -s ' ' | tr '\n' ';')"
-    LLAMA_GPU=vulkan timeout 180 /tmp/node bench/llamacpp_bench.mjs "$f" 8 128 64 3 \
-        >"$OUT/llama-$m.txt" 2>"$OUT/llama-$m.err"
-    stamp "llama.cpp vulkan $m: $(sed -n 's/.*"test":"\([a-z]*\)".*"avg_ts":\([0-9.]*\).*/\1 \2/p' "$OUT/llama-$m.txt" | tr '\n' ';')"
-    "$B/moerun" bench "$f" -p 128 -n 64 -r 1 --profile >"$OUT/profile-$m.txt" 2>&1
-    "$B/moerun" bench "$f" -p 128 -n 64 -r 3 >>"$OUT/bench-$m.txt" 2>&1
-    stamp "moerun $m again: $(grep -E '(pp|tg)[0-9]' "$OUT/bench-$m.txt" | tail -2 | awk -F'|' '{print $7 $8}' | tr -s ' ' | tr '\n' ';')"
+    "$B/moerun" bench "$f" -p 128 -n 64 -r 3 $GPU_ARGS >"$P/bench-$m.txt" 2>&1
+    stamp "moerun $m: $(grep -E '(pp|tg)[0-9]' "$P/bench-$m.txt" | awk -F'|' '{print $7 $8}' | tr -s ' ' | tr '\n' ';')"
+    LLAMA_GPU=vulkan timeout 180 "$NODE" bench/llamacpp_bench.mjs "$f" 8 128 64 3 \
+        >"$P/llama-$m.txt" 2>"$P/llama-$m.err"
+    stamp "llama.cpp vulkan $m: $(sed -n 's/.*"test":"\([a-z]*\)".*"avg_ts":\([0-9.]*\).*/\1 \2/p' "$P/llama-$m.txt" | tr '\n' ';')"
+    "$B/moerun" bench "$f" -p 128 -n 64 -r 1 --profile $GPU_ARGS >"$P/profile-$m.txt" 2>&1
+    "$B/moerun" bench "$f" -p 128 -n 64 -r 3 $GPU_ARGS >>"$P/bench-$m.txt" 2>&1
+    stamp "moerun $m again: $(grep -E '(pp|tg)[0-9]' "$P/bench-$m.txt" | tail -2 | awk -F'|' '{print $7 $8}' | tr -s ' ' | tr '\n' ';')"
 done
-"$B/moerun" bench /tmp/v2lite.gguf -p 0 -n 32 -r 2 --cpu-moe -t 16 >"$OUT/bench-v2lite-cpumoe.txt" 2>&1
-stamp "cpu-moe: $(grep -E 'tg[0-9]' "$OUT/bench-v2lite-cpumoe.txt" | awk -F'|' '{print $8}')"
+m=${MODELS##* }
+"$B/moerun" bench "/tmp/$m.gguf" -p 0 -n 32 -r 2 --cpu-moe -t 16 $GPU_ARGS >"$P/bench-cpumoe.txt" 2>&1
+stamp "$m --cpu-moe: $(grep -E 'tg[0-9]' "$P/bench-cpumoe.txt" | awk -F'|' '{print $8}')"
