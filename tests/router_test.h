@@ -3,7 +3,18 @@
 #ifndef MOERUN_ROUTER_TEST_H
 #define MOERUN_ROUTER_TEST_H
 
+#include "moe.h"
 #include "rng_test.h"
+
+/* A router configuration to test: a model's expert count, choices, groups, gating, bias,
+ * weight normalization and scale. */
+struct shape {
+    const char *name;
+    int n_expert, n_used, n_group, n_group_used;
+    enum moe_gating gating;
+    int has_bias, norm;
+    float scale;
+};
 
 enum score_kind { SCORES_NORMAL, SCORES_TIED, SCORES_EQUAL, SCORES_VERY_NEGATIVE, N_SCORE_KINDS };
 

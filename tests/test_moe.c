@@ -124,14 +124,6 @@ static struct moe_router_cfg cfg_grouped(int n_expert, int n_used, int n_group, 
 
 /* ---- random and tie-heavy scores against the reference ---- */
 
-struct shape {
-    const char *name;
-    int n_expert, n_used, n_group, n_group_used;
-    enum moe_gating gating;
-    int has_bias, norm;
-    float scale;
-};
-
 static const struct shape shapes[] = {
     {"mixtral-4x2", 4, 2, 0, 0, MOE_GATING_SOFTMAX, 0, 1, 1.0f},
     {"v2-lite-fixture", 8, 2, 0, 0, MOE_GATING_NONE, 0, 0, 1.0f},

@@ -216,14 +216,6 @@ static void test_attention(struct vk_ctx *vk) {
 enum { MAX_EXPERT = 512, MAX_USED = 16, ROUTER_TOKENS = 300 };
 #define WEIGHT_RTOL 1e-6
 
-struct shape {
-    const char *name;
-    int n_expert, n_used, n_group, n_group_used;
-    enum moe_gating gating;
-    int has_bias, norm;
-    float scale;
-};
-
 static const struct shape shapes[] = {
     {"mixtral_8_top2", 8, 2, 0, 0, MOE_GATING_SOFTMAX, 0, 1, 1.0f},
     {"qwen2moe_60_top4", 60, 4, 0, 0, MOE_GATING_SOFTMAX, 0, 0, 0.0f},
