@@ -430,15 +430,22 @@ static void matmul(struct vk_model *g, const struct gw *w, uint64_t x, int n_tok
     mul_mat(g, w, &(struct mm_args){.x = x, .y = y, .n_tok = (uint32_t)n_tok});
 }
 
-static void rmsnorm(struct vk_model *g, uint64_t x, uint64_t y, const struct gw *w, int64_t n,
-                    int n_rows, uint32_t stride, float eps) {
+/* y = rmsnorm(x) * w per row; with add != 0, x += add first (the residual step fused in). */
+static void rmsnorm_add(struct vk_model *g, uint64_t x, uint64_t add, uint64_t y,
+                        const struct gw *w, int64_t n, int n_rows, uint32_t stride, float eps) {
     for (int r0 = 0; r0 < n_rows; r0 += MAX_GROUPS) {
         uint32_t rows = n_rows - r0 < MAX_GROUPS ? (uint32_t)(n_rows - r0) : MAX_GROUPS;
         uint64_t off = 4 * (uint64_t)r0 * stride;
-        struct vk_rmsnorm_push p = {x + off, y + off, w->addr, (uint32_t)n, rows, stride,
-                                    stride,  eps,     0};
+        struct vk_rmsnorm_push p = {x + off,     y + off, w->addr, add ? add + off : 0,
+                                    (uint32_t)n, rows,    stride,  stride,
+                                    eps,         0};
         vk_dispatch(g->vk, VK_RMSNORM, &p, sizeof p, rows, 1, 1);
     }
+}
+
+static void rmsnorm(struct vk_model *g, uint64_t x, uint64_t y, const struct gw *w, int64_t n,
+                    int n_rows, uint32_t stride, float eps) {
+    rmsnorm_add(g, x, 0, y, w, n, n_rows, stride, eps);
 }
 
 static void add(struct vk_model *g, uint64_t y, uint64_t x, uint64_t n, uint32_t period) {
@@ -741,12 +748,23 @@ static int cpu_routed_experts(struct model *m, int il, int n_tok) {
     return 0;
 }
 
-static int ffn_block(struct model *m, int il, int n_tok) {
+/* The residual step x += proj, fused with the norm that follows it when there is one on the
+ * GPU (next_norm: NULL for a plain add). */
+static void residual(struct model *m, int n_tok, const struct gw *next_norm) {
     struct vk_model *g = m->gpu;
     const struct hparams *hp = &m->hp;
-    const struct gw *L = g->lw[il];
-    rmsnorm(g, g->x, g->xb, &L[W_FFN_NORM], hp->n_embd, n_tok, hp->n_embd, hp->norm_eps);
+    if (next_norm)
+        rmsnorm_add(g, g->x, g->proj, g->xb, next_norm, hp->n_embd, n_tok, hp->n_embd,
+                    hp->norm_eps);
+    else
+        add(g, g->x, g->proj, (uint64_t)n_tok * hp->n_embd, 0);
     BARRIER();
+}
+
+/* The feed-forward half over xb (already normed); ends with x += proj and next_norm. */
+static int ffn_block(struct model *m, int il, int n_tok, const struct gw *next_norm) {
+    struct vk_model *g = m->gpu;
+    const struct gw *L = g->lw[il];
     if (!m->layers[il].is_moe) {
         swiglu_ffn(g, &L[W_FFN_GATE], &L[W_FFN_UP], &L[W_FFN_DOWN], g->xb, n_tok, g->proj);
     } else {
@@ -762,23 +780,19 @@ static int ffn_block(struct model *m, int il, int n_tok) {
         }
     }
     BARRIER();
-    add(g, g->x, g->proj, (uint64_t)n_tok * hp->n_embd, 0);
-    BARRIER();
+    residual(m, n_tok, next_norm);
     return 0;
 }
 
+/* The attention half over xb (already normed); ends with x += proj and the FFN norm. */
 static void attention_block(struct model *m, int il, int n_tok, int pos0) {
     struct vk_model *g = m->gpu;
-    const struct hparams *hp = &m->hp;
-    rmsnorm(g, g->x, g->xb, &g->lw[il][W_ATTN_NORM], hp->n_embd, n_tok, hp->n_embd, hp->norm_eps);
-    BARRIER();
     if (m->ag.mla)
         mla_attention(m, il, n_tok, pos0);
     else
         gqa_attention(m, il, n_tok, pos0);
     BARRIER();
-    add(g, g->x, g->proj, (uint64_t)n_tok * hp->n_embd, 0);
-    BARRIER();
+    residual(m, n_tok, &g->lw[il][W_FFN_NORM]);
 }
 
 static void embed(struct model *m, int n_tok) {
@@ -792,14 +806,11 @@ static void embed(struct model *m, int n_tok) {
     BARRIER();
 }
 
+/* The head over rows [first, n_tok) of xb, which the last layer normed with output_norm. */
 static void output_head(struct model *m, int first, int n_tok) {
     struct vk_model *g = m->gpu;
-    const struct hparams *hp = &m->hp;
-    int n = n_tok - first;
-    rmsnorm(g, f32_at(g->x, (uint64_t)first * hp->n_embd), g->xb, &g->w[W_OUTPUT_NORM], hp->n_embd,
-            n, hp->n_embd, hp->norm_eps);
-    BARRIER();
-    matmul(g, &g->w[W_OUTPUT], g->xb, n, g->logits);
+    matmul(g, &g->w[W_OUTPUT], f32_at(g->xb, (uint64_t)first * m->hp.n_embd), n_tok - first,
+           g->logits);
 }
 
 int vk_model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0, float *logits,
@@ -812,9 +823,14 @@ int vk_model_forward(struct model *m, const int32_t *tokens, int n_tok, int pos0
     for (int t = 0; t < n_tok; t++) g->pos_h[t] = m->pos[t] = pos0 + t;
     if (vk_begin(g->vk)) return -1;
     embed(m, n_tok);
+    rmsnorm(g, g->x, g->xb, &g->lw[0][W_ATTN_NORM], hp->n_embd, n_tok, hp->n_embd, hp->norm_eps);
+    BARRIER();
     for (int il = 0; il < g->n_gpu_layers; il++) {
+        const struct gw *next = il + 1 < g->n_gpu_layers ? &g->lw[il + 1][W_ATTN_NORM]
+                                : on_gpu && logits       ? &g->w[W_OUTPUT_NORM]
+                                                         : NULL;
         attention_block(m, il, n_tok, pos0);
-        if (ffn_block(m, il, n_tok)) return -1;
+        if (ffn_block(m, il, n_tok, next)) return -1;
     }
     if (on_gpu && logits) output_head(m, first, n_tok);
     if (!on_gpu) copy2d(g, g->x, hp->n_embd, g->xfer_x, hp->n_embd, (uint32_t)n_tok, hp->n_embd);

@@ -29,9 +29,10 @@ struct vk_get_rows_push {
 };
 
 /* rmsnorm: y[r*y_stride + i] = x[r*x_stride + i] / sqrt(mean(x_r^2) + eps) * w[i], i < n.
- * In place allowed. Grid: (n_rows, 1, 1). */
+ * With add (a residual step fused in): x_r += add_r first (add rows x_stride apart), and the
+ * sum is what x keeps. In place allowed without add. Grid: (n_rows, 1, 1). */
 struct vk_rmsnorm_push {
-    uint64_t x, y, w;
+    uint64_t x, y, w, add;
     uint32_t n, n_rows, x_stride, y_stride;
     float eps;
     uint32_t pad_;

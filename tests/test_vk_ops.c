@@ -32,14 +32,40 @@ static void test_rmsnorm(struct vk_ctx *c) {
     for (int r = 0; r < rows; r++)
         cpu_rmsnorm(ref + (size_t)r * n, x + (size_t)r * stride, w, n, 1, 1e-6f);
     struct vk_buf bx = vk_test_buf(c, x, (size_t)rows * stride * 4), bw = vk_test_buf(c, w, n * 4);
-    struct vk_rmsnorm_push p = {bx.addr,          bx.addr,        bw.addr,
-                                (uint32_t)n,      (uint32_t)rows, (uint32_t)stride,
-                                (uint32_t)stride, 1e-6f,          0};
+    struct vk_rmsnorm_push p = {.x = bx.addr,
+                                .y = bx.addr,
+                                .w = bw.addr,
+                                .n = (uint32_t)n,
+                                .n_rows = (uint32_t)rows,
+                                .x_stride = (uint32_t)stride,
+                                .y_stride = (uint32_t)stride,
+                                .eps = 1e-6f};
     vk_test_run(c, VK_RMSNORM, &p, sizeof p, (uint32_t)rows, 1, 1);
     float *got = xcalloc((size_t)rows * n, sizeof *got);
     for (int r = 0; r < rows; r++)
         memcpy(got + (size_t)r * n, (float *)bx.map + (size_t)r * stride, (size_t)n * 4);
     check("vk rmsnorm (strided rows, in place)", got, ref, (size_t)rows * n, 1e-10);
+
+    /* with the residual step fused in: x += a, y = rmsnorm(x) * w */
+    float *a = randv((size_t)rows * stride, 1.0f), *sum = xmalloc((size_t)rows * stride * 4);
+    for (size_t i = 0; i < (size_t)rows * stride; i++) sum[i] = x[i] + a[i];
+    for (int r = 0; r < rows; r++)
+        cpu_rmsnorm(ref + (size_t)r * n, sum + (size_t)r * stride, w, n, 1, 1e-6f);
+    memcpy(bx.map, x, (size_t)rows * stride * 4);
+    struct vk_buf ba = vk_test_buf(c, a, (size_t)rows * stride * 4);
+    struct vk_buf by = vk_test_buf(c, NULL, (size_t)rows * stride * 4);
+    p.y = by.addr, p.add = ba.addr;
+    vk_test_run(c, VK_RMSNORM, &p, sizeof p, (uint32_t)rows, 1, 1);
+    for (int r = 0; r < rows; r++)
+        memcpy(got + (size_t)r * n, (float *)by.map + (size_t)r * stride, (size_t)n * 4);
+    check("vk rmsnorm with the residual add", got, ref, (size_t)rows * n, 1e-10);
+    float *xs = bx.map;
+    int kept = 1;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < n; i++) kept &= xs[r * stride + i] == sum[r * stride + i];
+    test_report("vk rmsnorm with the residual add: x keeps the sum", kept, NULL);
+    vk_free(c, &ba), vk_free(c, &by);
+    free(a), free(sum);
     vk_free(c, &bx), vk_free(c, &bw);
     free(x), free(w), free(ref), free(got);
 }
