@@ -122,8 +122,7 @@ static int upload_weights(struct model *m, struct vk_model *g) {
     }
     int rc = 0;
     for (int i = 0; i < n && !rc; i++)
-        if (pl[i].src && pl[i].src->t->type != QT_F32 && pl[i].src->m.n_in > 0)
-            rc = check_kernel(m, pl[i].src);
+        if (pl[i].src) rc = check_kernel(m, pl[i].src);
     if (!rc) rc = upload_all(g, pl, n);
     free(pl);
     return rc;
