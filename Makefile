@@ -7,7 +7,7 @@ CC ?= cc
 BUILD ?= build
 BLAS ?= auto
 VULKAN ?= auto
-OPT ?= -O2 -g
+OPT ?= -O3 -g
 PKG_CONFIG ?= pkg-config
 
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -MMD -MP -pthread \

@@ -128,7 +128,7 @@ static int read_piece(struct pb *b, int64_t idx, struct spm_piece *p) {
     p->text = NULL, p->score = 0, p->type = SPM_NORMAL; /* proto2 defaults */
     uint32_t field;
     int wt, rc;
-    size_t at, s, n;
+    size_t at, s = 0, n = 0;
     uint64_t v;
     while ((rc = key(b, msg, &field, &wt, &at)) == 0) {
         if (field == 1) { /* piece; a repeated scalar field: the last one counts */
@@ -165,7 +165,7 @@ static int read_piece(struct pb *b, int64_t idx, struct spm_piece *p) {
 int spm_parse(struct spm_model *m, const char *file, const uint8_t *buf, size_t len) {
     memset(m, 0, sizeof *m);
     struct pb b = {.file = file, .buf = buf, .pos = 0, .end = len};
-    size_t cap = 0, at, s, n;
+    size_t cap = 0, at, s = 0, n = 0;
     uint32_t field;
     int wt, rc = 0, bad = 0;
     while (!bad && (rc = key(&b, "ModelProto", &field, &wt, &at)) == 0) {
