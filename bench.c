@@ -34,6 +34,8 @@ const char *const bench_usage =
     "  --json         one JSON object per line and test (llama-bench's field names, plus\n"
     "                 roofline_fraction, decode_bytes_per_token and membw_gbps for decode)\n"
     "  --membw GBPS   memory read bandwidth for the roofline (default: measured, ~0.5 s)\n"
+    "  --mlock        lock the weights in RAM\n"
+    "  --no-mmap      read the weights into memory instead of mapping the file\n"
     "  -h, --help     this text\n"
     "  and the GPU options of moerun run (--device, -ngl, --cpu-moe, --fit, --cpu, --profile);\n"
     "  on a GPU the roofline column gives the weight bytes read per second instead\n"
@@ -47,6 +49,7 @@ struct bench_opts {
     int n_prompt, n_gen, n_threads, reps, json;
     double membw_gbps; /* 0: measure */
     struct gpu_params gpu;
+    int hold; /* enum gguf_hold: --mlock, --no-mmap */
 };
 
 /* ---- arguments ---- */
@@ -88,6 +91,7 @@ static int parse_one(struct bench_opts *o, int argc, char **argv, int *i) {
         o->model = a[0] == '-' ? argv[++*i] : a;
         return 0;
     }
+    if (hold_option(&o->hold, a)) return 0;
     int rc = gpu_option(&o->gpu, a, v);
     if (rc < 0) return usage_error("%s", err_get());
     if (rc) return *i += rc - 1, 0;
@@ -305,6 +309,7 @@ struct report {
     uint64_t size, n_params;
     int n_threads;
     int gpu;                    /* the layers run on a GPU: no CPU roofline */
+    int hold;                   /* enum gguf_hold in effect */
     double decode_bytes, membw; /* bytes/token, bytes/s */
 };
 
@@ -336,7 +341,8 @@ static void print_json(const struct bench_opts *o, const struct report *r, int p
            batch, r->n_threads, pp ? o->n_prompt : 0, pp ? 0 : o->n_gen, s->avg_ns, s->stddev_ns,
            s->avg_ts, s->stddev_ts);
     for (int i = 0; i < s->n; i++) printf("%s%.6f", i ? ", " : "", s->ts[i]);
-    printf("]");
+    printf("], \"use_mmap\": %s, \"use_mlock\": %s", r->hold & GGUF_READ ? "false" : "true",
+           r->hold & GGUF_LOCK ? "true" : "false");
     if (!pp && r->gpu)
         printf(", \"decode_bytes_per_token\": %.0f, \"weights_gbps\": %.3f", r->decode_bytes,
                r->decode_bytes * s->avg_ts / 1e9);
@@ -373,11 +379,14 @@ static void print_row(const struct bench_opts *o, const struct report *r, int pp
 }
 
 static void print_footer(const struct bench_opts *o, const struct report *r) {
+    printf("\nweights: %s\n", r->hold & GGUF_LOCK   ? "locked in RAM (--mlock)"
+                              : r->hold & GGUF_READ ? "read into RAM (--no-mmap)"
+                                                    : "mapped from the file");
     if (r->gpu) {
-        printf("\ndecode reads %.1f MiB of weights per token\n", r->decode_bytes / (1024.0 * 1024));
+        printf("decode reads %.1f MiB of weights per token\n", r->decode_bytes / (1024.0 * 1024));
         return;
     }
-    printf("\ndecode reads %.1f MiB of weights per token; read bandwidth with %d thread%s: "
+    printf("decode reads %.1f MiB of weights per token; read bandwidth with %d thread%s: "
            "%.2f GB/s (%s)\n",
            r->decode_bytes / (1024.0 * 1024), r->n_threads, r->n_threads == 1 ? "" : "s",
            r->membw / 1e9, o->membw_gbps > 0 ? "--membw" : "measured");
@@ -392,10 +401,12 @@ static void fill_report(struct report *r, const struct model *m) {
     r->size = tensor_bytes(m);
     r->n_params = m->n_params;
     r->decode_bytes = bench_decode_bytes(m);
+    r->hold = m->file.hold;
 }
 
 static int open_bench_model(struct model *m, const struct bench_opts *o, struct report *r) {
-    if (model_load(m, o->model) < 0) return -1;
+    if (model_load_hold(m, o->model, o->hold) < 0) return -1;
+    if (!o->json) hold_warn(m, "bench");
     fill_report(r, m);
     int threads = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;

@@ -42,6 +42,7 @@ struct options {
     int add_bos;
     int special;
     int seed_given;
+    int hold; /* enum gguf_hold: --mlock, --no-mmap */
     struct sampler_params sp;
     struct gpu_params gpu;
 };

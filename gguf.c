@@ -152,7 +152,7 @@ static int read_values(struct cursor *c, enum gguf_type t, uint64_t n, const cha
             return fail(c, "%s: %" PRIu64 " strings cannot fit in the %" PRIu64 " bytes left", what,
                         n, left(c));
         for (uint64_t i = 0; i < n; i++) {
-            struct gguf_str s;
+            struct gguf_str s = {0};
             if (read_str(c, &s, what)) return -1;
         }
         return 0;
@@ -364,7 +364,27 @@ static int read_tensors(struct cursor *c, struct gguf_file *f) {
     return place_tensors(c, f);
 }
 
-static int map_file(struct gguf_file *f, const char *path) {
+/* The whole file into anonymous memory; the file's cached pages are dropped afterwards, so
+ * the bytes are not held twice. */
+static const char *read_whole(int fd, uint64_t size, uint8_t **out) {
+    void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return strerror(errno);
+    for (uint64_t done = 0; done < size;) {
+        size_t chunk = size - done < (1u << 30) ? (size_t)(size - done) : (1u << 30);
+        ssize_t got = read(fd, (uint8_t *)m + done, chunk);
+        if (got <= 0) {
+            munmap(m, (size_t)size);
+            return got < 0 ? strerror(errno) : "file shrank while it was read";
+        }
+        done += (uint64_t)got;
+    }
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    mprotect(m, (size_t)size, PROT_READ);
+    *out = m;
+    return NULL;
+}
+
+static int map_file(struct gguf_file *f, const char *path, int hold) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return err_set("gguf: %s: cannot open: %s", path, strerror(errno)), -1;
     struct stat st;
@@ -377,20 +397,29 @@ static int map_file(struct gguf_file *f, const char *path) {
         why = "file is empty (0 bytes)";
     if (!why) {
         f->size = (uint64_t)st.st_size;
-        void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED)
-            why = strerror(errno);
-        else
-            f->map = m;
+        if (hold & GGUF_READ) {
+            why = read_whole(fd, f->size, &f->map);
+        } else {
+            void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (m == MAP_FAILED)
+                why = strerror(errno);
+            else
+                f->map = m;
+        }
     }
     close(fd);
     if (why) return err_set("gguf: %s: %s", path, why), -1;
+    f->hold = hold;
+    if ((hold & GGUF_LOCK) && mlock(f->map, (size_t)f->size) != 0) {
+        f->lock_errno = errno;
+        f->hold &= ~GGUF_LOCK;
+    }
     return 0;
 }
 
-int gguf_open(struct gguf_file *f, const char *path) {
+int gguf_open_hold(struct gguf_file *f, const char *path, int hold) {
     memset(f, 0, sizeof *f);
-    if (map_file(f, path)) return -1;
+    if (map_file(f, path, hold)) return -1;
     f->path = xstrdup(path);
     struct cursor c = {f->path, f->map, f->size, 0};
     if (read_header(&c, f) || read_kvs(&c, f) || read_tensors(&c, f)) {
@@ -399,6 +428,8 @@ int gguf_open(struct gguf_file *f, const char *path) {
     }
     return 0;
 }
+
+int gguf_open(struct gguf_file *f, const char *path) { return gguf_open_hold(f, path, GGUF_MAP); }
 
 void gguf_close(struct gguf_file *f) {
     if (f->map) munmap(f->map, (size_t)f->size);

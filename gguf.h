@@ -63,12 +63,22 @@ struct gguf_file {
     uint64_t n_tensors;
     struct gguf_tensor *tensors; /* (n_tensors) */
     uint64_t data_offset;        /* start of the tensor data section in the file */
+    int hold;                    /* enum gguf_hold flags in effect */
+    int lock_errno;              /* GGUF_LOCK asked and mlock failed: its errno, else 0 */
 };
+
+/* How the bytes are held. Mapped (the default): pages come from the file cache and may be
+ * dropped under memory pressure and read again. GGUF_READ: read once into anonymous memory,
+ * which the kernel does not evict as cache (VMs that reclaim idle file pages slow a mapped
+ * model down). GGUF_LOCK: mlock the bytes into RAM; when the lock limit refuses, the file is
+ * still usable and lock_errno says why (the caller warns). */
+enum gguf_hold { GGUF_MAP = 0, GGUF_LOCK = 1, GGUF_READ = 2 };
 
 /* Maps and validates the whole file: every count, length, type, offset and size is checked
  * against the file length. On error returns -1 with err_get() naming path and problem, and
  * leaves nothing to close. */
 int gguf_open(struct gguf_file *f, const char *path);
+int gguf_open_hold(struct gguf_file *f, const char *path, int hold);
 void gguf_close(struct gguf_file *f);
 
 const char *gguf_type_name(enum gguf_type t);

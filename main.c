@@ -309,9 +309,11 @@ static int parse_args(struct options *o, int argc, char **argv) {
         const char *a = argv[i];
         if (is_flag(a, "-h", "--help")) {
             fputs(usage_for(o->cmd), stdout);
-            if (takes_gpu_options(o->cmd)) printf("\nGPU (Vulkan):\n%s", gpu_usage);
+            if (takes_gpu_options(o->cmd))
+                printf("\nMemory:\n%s\nGPU (Vulkan):\n%s", hold_usage, gpu_usage);
             return 1;
         }
+        if (takes_gpu_options(o->cmd) && hold_option(&o->hold, a)) continue;
         int g = takes_gpu_options(o->cmd)
                     ? gpu_option(&o->gpu, a, i + 1 < argc ? argv[i + 1] : NULL)
                     : 0;
@@ -474,7 +476,7 @@ static int write_file_atomic(const char *path, const void *data, size_t n) {
 
 void load_summary(const struct model *m, const struct options *o, double secs) {
     if (o->verbosity < V_NORMAL) return;
-    char size[32], params[32], active[32] = "";
+    char size[32], params[32], active[48] = "";
     human_count((double)m->n_params, params, sizeof params);
     if (m->n_params_active != m->n_params) {
         char a[32];
@@ -483,17 +485,21 @@ void load_summary(const struct model *m, const struct options *o, double secs) {
     }
     char backend[400];
     model_backend_text(m, backend, sizeof backend);
-    fprintf(stderr, "moerun: %s: %s, %s params%s, %s, %u layers, ctx %d, %s, loaded in %.2f s\n",
+    const char *held = m->file.hold & GGUF_LOCK   ? " locked in RAM"
+                       : m->file.hold & GGUF_READ ? " read into RAM"
+                                                  : "";
+    fprintf(stderr, "moerun: %s: %s, %s params%s, %s%s, %u layers, ctx %d, %s, loaded in %.2f s\n",
             m->file.path, m->arch_name, params, active,
-            human_bytes((double)m->file.size, size, sizeof size), m->hp.n_layer, m->n_ctx, backend,
-            secs);
+            human_bytes((double)m->file.size, size, sizeof size), held, m->hp.n_layer, m->n_ctx,
+            backend, secs);
 }
 
 /* Loads and prepares the model; the caller prints the summary once the input is known good,
  * so that bad input still gives exactly one line on stderr. */
 int open_model(struct model *m, const struct options *o, double *load_secs) {
     double t0 = time_now();
-    if (model_load(m, o->model) < 0) return -1;
+    if (model_load_hold(m, o->model, o->hold) < 0) return -1;
+    if (o->verbosity >= V_NORMAL) hold_warn(m, o->cmd);
     struct model_params mp = {.n_ctx = o->n_ctx,
                               .n_threads = o->n_threads,
                               .blas_min_batch = o->blas_min_batch,

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* ---- the architecture tables ---- */
@@ -678,9 +679,35 @@ static void prepare_layers(struct model *m) {
     }
 }
 
-int model_load(struct model *m, const char *path) {
+int model_load(struct model *m, const char *path) { return model_load_hold(m, path, GGUF_MAP); }
+
+const char *const hold_usage =
+    "      --mlock            lock the weights in RAM (never paged out or dropped)\n"
+    "      --no-mmap          read the weights into memory instead of mapping the file\n"
+    "                         (steady speed where idle file cache is reclaimed)\n";
+
+int hold_option(int *hold, const char *flag) {
+    if (!strcmp(flag, "--mlock")) return *hold |= GGUF_LOCK, 1;
+    if (!strcmp(flag, "--no-mmap")) return *hold |= GGUF_READ, 1;
+    return 0;
+}
+
+void hold_warn(const struct model *m, const char *cmd) {
+    if (!m->file.lock_errno) return;
+    struct rlimit rl;
+    char limit[32] = "unknown";
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        snprintf(limit, sizeof limit, "%llu KiB", (unsigned long long)rl.rlim_cur / 1024);
+    fprintf(stderr,
+            "moerun %s: warning: --mlock: %s: cannot lock %.1f MiB in RAM: %s (RLIMIT_MEMLOCK "
+            "%s; raise it with ulimit -l); running unlocked\n",
+            cmd, m->file.path, (double)m->file.size / (1 << 20), strerror(m->file.lock_errno),
+            limit);
+}
+
+int model_load_hold(struct model *m, const char *path, int hold) {
     memset(m, 0, sizeof *m);
-    if (gguf_open(&m->file, path) < 0) return -1;
+    if (gguf_open_hold(&m->file, path, hold) < 0) return -1;
     if (find_arch(m) < 0 || read_hparams(m) < 0) goto fail;
     m->tok = tokenizer_load(&m->file);
     if (!m->tok || resolve_vocab(m) < 0 || bind_tensors(m) < 0) goto fail;

@@ -73,3 +73,15 @@ check "-p x: usage error" usage_error "$MODEL" -p x
 check "-p 0 -n 0: usage error" usage_error "$MODEL" -p 0 -n 0
 check "missing file: error" usage_error "$tmp/none.gguf"
 check "--help: exit 0" bash -c "'$BIN' bench --help | grep -q '^usage: moerun bench'"
+
+"$BIN" bench "$MODEL" -p 8 -n 4 -r 1 --no-mmap --mlock --json >"$tmp/hold.json" 2>&1
+check "--no-mmap --mlock: use_mmap false, use_mlock true in the JSON" python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sys.exit(not (len(rows) == 2 and all(r["use_mmap"] is False and r["use_mlock"] is True for r in rows)))
+' "$tmp/hold.json"
+check "default: use_mmap true, use_mlock false" python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sys.exit(not all(r["use_mmap"] is True and r["use_mlock"] is False for r in rows))
+' "$tmp/out.json"

@@ -143,3 +143,30 @@ rc=$?
 wait
 [ $rc -eq 0 ] && [ -p "$tmp/fifo" ] && [ "$(stat -c %s "$tmp/from-fifo")" -eq $((2 * 512 * 4)) ]
 check "eval --logits into a FIFO keeps the FIFO" $? "exit $rc, fifo: $(stat -c %F "$tmp/fifo")"
+
+# --no-mmap / --mlock change where the weights live, never the results
+"$BIN" eval "$T" --tokens 1,400,401,402,403 --logits "$tmp/mapped.f32" -q
+"$BIN" eval "$T" --tokens 1,400,401,402,403 --logits "$tmp/read.f32" -q --no-mmap
+"$BIN" eval "$T" --tokens 1,400,401,402,403 --logits "$tmp/locked.f32" -q --mlock --no-mmap
+cmp -s "$tmp/mapped.f32" "$tmp/read.f32" && cmp -s "$tmp/mapped.f32" "$tmp/locked.f32"
+check "eval logits equal with --no-mmap and --mlock" $? "files differ"
+"$BIN" run "$T" -p "In the" -n 4 --temp 0 --no-mmap 2>"$tmp/err" >/dev/null
+grep -q "6.74 MiB read into RAM, 4 layers" "$tmp/err"
+check "--no-mmap: the load summary says the weights were read into RAM" $? "$(cat "$tmp/err")"
+"$BIN" run "$T" -p "In the" -n 4 --temp 0 --mlock 2>"$tmp/err" >/dev/null
+grep -q "6.74 MiB locked in RAM, 4 layers" "$tmp/err"
+check "--mlock: the load summary says the weights are locked" $? "$(cat "$tmp/err")"
+# A refused lock (RLIMIT_MEMLOCK, and for root no CAP_IPC_LOCK) is one warning, not a failure.
+if [ "$(id -u)" -ne 0 ] || command -v setpriv >/dev/null; then
+    drop=()
+    [ "$(id -u)" -eq 0 ] && drop=(setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock)
+    a=$("$BIN" run "$T" -p "In the" -n 4 --temp 0 -q)
+    b=$(ulimit -l 64 && "${drop[@]}" "$BIN" run "$T" -p "In the" -n 4 --temp 0 --mlock 2>"$tmp/err")
+    rc=$?
+    [ $rc -eq 0 ] && [ "$a" = "$b" ] &&
+        grep -q "^moerun run: warning: --mlock: $T: cannot lock 6.7 MiB in RAM: .*(RLIMIT_MEMLOCK 64 KiB; raise it with ulimit -l); running unlocked$" "$tmp/err" &&
+        grep -q "6.74 MiB, 4 layers" "$tmp/err"
+    check "--mlock refused by the lock limit: one warning, same output" $? "exit $rc: $(cat "$tmp/err")"
+else
+    echo "SKIP --mlock refused: running as root without setpriv to drop CAP_IPC_LOCK"
+fi
