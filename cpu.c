@@ -23,6 +23,9 @@ enum { SPIN_POLLS = 20000 };
  * to the last bit often enough that their int8 quantization rounds the same way. */
 enum { ACC_LANES = 16 };
 
+/* Query rows per tile of the batched (sgemm) attention. */
+enum { ATTN_TILE = 32 };
+
 /* The loops below use fmaf for llama.cpp's rounding; without hardware FMA that is a library
  * call per element. An x86-64-v3 (AVX2 + FMA) clone of each, chosen at load time, makes it one
  * instruction and lets the compiler vectorize; the default clone keeps the same results. */
@@ -55,7 +58,7 @@ struct cpu_ctx {
     size_t act_bytes;
     float *tiles; /* (n_threads, tile_rows, max_in) dequantized weight rows for sgemm */
     int64_t tile_rows;
-    float *scores;  /* (n_threads, max_ctx) attention probabilities */
+    float *scores;  /* (n_threads, ATTN_TILE, max_ctx) attention probabilities */
     float *v_lanes; /* (n_threads, ACC_LANES, max_head_dim) partial sums of P * V */
 };
 
@@ -128,7 +131,8 @@ struct cpu_ctx *cpu_init(const struct cpu_config *cfg) {
     c->tiles = xaligned_alloc((size_t)c->n_threads * (size_t)c->tile_rows * (size_t)cfg->max_in *
                               sizeof(float));
 #endif
-    c->scores = xaligned_alloc((size_t)c->n_threads * (size_t)cfg->max_ctx * sizeof(float));
+    c->scores = xaligned_alloc((size_t)c->n_threads * ATTN_TILE * (size_t)cfg->max_ctx *
+                               sizeof(float));
     c->v_lanes = xaligned_alloc((size_t)c->n_threads * ACC_LANES * (size_t)cfg->max_head_dim *
                                 sizeof(float));
     pthread_mutex_init(&c->mu, NULL);
@@ -254,37 +258,45 @@ static void matmul_rows_quantized(void *arg, int ith, int nth) {
 
 #ifdef MOERUN_BLAS
 /* Float activations times dequantized weights: the path that drifts from llama.cpp's
- * quantized-activation results by design (see DESIGN.md, Numerics). */
+ * quantized-activation results by design (see DESIGN.md, Numerics). All products of one call
+ * are cut into tiles of rows that the threads take one at a time from a shared counter: many
+ * small products (every head of MLA) and a neighbour stealing a core both stay balanced. */
 struct sgemm_job {
     struct cpu_ctx *c;
     const struct cpu_product *p;
+    int n;
+    int64_t tile_end[CPU_MAX_PRODUCTS]; /* running total of tiles */
+    atomic_llong next;                  /* the next tile to take */
 };
 
-static void matmul_rows_sgemm(void *arg, int ith, int nth) {
-    struct sgemm_job *j = arg;
-    const struct cpu_product *p = j->p;
+static void sgemm_tile(const struct cpu_ctx *c, const struct cpu_product *p, int64_t ti,
+                       float *tile) {
     const struct cpu_matrix *w = &p->w;
-    const struct qtype_traits *wt = qtype_traits(w->type);
-    int64_t tile_rows = j->c->tile_rows;
-    int64_t n_tiles = (w->n_out + tile_rows - 1) / tile_rows;
-    float *tile = j->c->tiles + (size_t)ith * (size_t)tile_rows * (size_t)j->c->cfg.max_in;
-    int64_t lo, hi;
-    split_range(n_tiles, ith, nth, &lo, &hi);
-    for (int64_t ti = lo; ti < hi; ti++) {
-        int64_t r0 = ti * tile_rows;
-        int64_t rows = w->n_out - r0 < tile_rows ? w->n_out - r0 : tile_rows;
-        const float *b;
-        if (w->type == QT_F32) {
-            b = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
-        } else {
-            for (int64_t r = 0; r < rows; r++)
-                wt->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes,
-                             tile + (size_t)r * (size_t)w->n_in, w->n_in);
-            b = tile;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p->n_tok, (int)rows, (int)w->n_in,
-                    1.0f, p->x, (int)p->x_stride, b, (int)w->n_in, 0.0f, p->y + r0,
-                    (int)p->y_stride);
+    int64_t r0 = ti * c->tile_rows;
+    int64_t rows = w->n_out - r0 < c->tile_rows ? w->n_out - r0 : c->tile_rows;
+    const float *b;
+    if (w->type == QT_F32) {
+        b = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
+    } else {
+        const struct qtype_traits *wt = qtype_traits(w->type);
+        for (int64_t r = 0; r < rows; r++)
+            wt->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes,
+                         tile + (size_t)r * (size_t)w->n_in, w->n_in);
+        b = tile;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p->n_tok, (int)rows, (int)w->n_in, 1.0f,
+                p->x, (int)p->x_stride, b, (int)w->n_in, 0.0f, p->y + r0, (int)p->y_stride);
+}
+
+static void matmul_tiles_sgemm(void *arg, int ith, int nth) {
+    (void)nth;
+    struct sgemm_job *j = arg;
+    float *tile = j->c->tiles + (size_t)ith * (size_t)j->c->tile_rows * (size_t)j->c->cfg.max_in;
+    for (;;) {
+        int64_t u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= j->tile_end[j->n - 1]) return;
+        int i = product_of(j->tile_end, j->n, u);
+        sgemm_tile(j->c, &j->p[i], u - (i ? j->tile_end[i - 1] : 0), tile);
     }
 }
 #endif
@@ -315,21 +327,31 @@ static size_t plan_products(struct matmul_job *j) {
     return off;
 }
 
-/* Products with enough rows for sgemm, when built with OpenBLAS; returns how many it ran
- * and moves the others to the front of `rest`. */
+/* Products with enough rows for sgemm, when built with OpenBLAS, run together; returns how
+ * many it ran and moves the others to the front of `rest`. */
 static int run_sgemm_products(struct cpu_ctx *c, const struct cpu_product *p, int n,
                               struct cpu_product *rest, int *n_rest) {
     *n_rest = 0;
 #ifdef MOERUN_BLAS
+    struct sgemm_job j;
+    struct cpu_product big[CPU_MAX_PRODUCTS];
+    int n_big = 0;
+    int64_t tiles = 0;
     for (int i = 0; i < n; i++) {
         if (c->cfg.blas_min_batch > 0 && p[i].n_tok >= c->cfg.blas_min_batch) {
-            struct sgemm_job sj = {c, &p[i]};
-            cpu_parallel(c, matmul_rows_sgemm, &sj);
+            tiles += (p[i].w.n_out + c->tile_rows - 1) / c->tile_rows;
+            j.tile_end[n_big] = tiles;
+            big[n_big++] = p[i];
         } else {
             rest[(*n_rest)++] = p[i];
         }
     }
-    return n - *n_rest;
+    if (n_big) {
+        j.c = c, j.p = big, j.n = n_big;
+        atomic_store(&j.next, 0);
+        cpu_parallel(c, matmul_tiles_sgemm, &j);
+    }
+    return n_big;
 #else
     (void)c;
     for (int i = 0; i < n; i++) rest[(*n_rest)++] = p[i];
@@ -546,11 +568,54 @@ static void attend_one(const struct attn_args *a, int t, int h, float *p, float 
 static void attention_task(void *arg, int ith, int nth) {
     struct attn_job *j = arg;
     const struct attn_args *a = j->a;
-    float *p = j->c->scores + (size_t)ith * (size_t)j->c->cfg.max_ctx;
+    float *p = j->c->scores + (size_t)ith * ATTN_TILE * (size_t)j->c->cfg.max_ctx;
     float *lanes = j->c->v_lanes + (size_t)ith * ACC_LANES * (size_t)j->c->cfg.max_head_dim;
     int n_items = a->n_tok * a->n_head;
     for (int i = ith; i < n_items; i += nth) attend_one(a, i / a->n_head, i % a->n_head, p, lanes);
 }
+
+#ifdef MOERUN_BLAS
+/* Large batches (the sgemm path, which drifts from llama.cpp's order by design): per head and
+ * tile of query rows, the scores Q K^T and the output P V are one sgemm each; the causal part
+ * of each score row goes through the softmax, the rest is zeroed. Tiles are taken from a
+ * shared counter. */
+struct attn_tiles_job {
+    struct cpu_ctx *c;
+    const struct attn_args *a;
+    int n_tiles; /* per head */
+    atomic_int next;
+};
+
+static void attend_tile(const struct attn_args *a, int h, int t0, float *s) {
+    int t1 = t0 + ATTN_TILE < a->n_tok ? t0 + ATTN_TILE : a->n_tok, rows = t1 - t0;
+    int kvh = h / (a->n_head / a->n_head_kv), n_kv = a->pos0 + t1;
+    const float *q = a->q + (size_t)t0 * (size_t)a->q_stride + (size_t)h * (size_t)a->head_dim;
+    const float *k = a->k_cache + (size_t)kvh * (size_t)a->head_dim;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_kv, a->head_dim, a->scale, q,
+                (int)a->q_stride, k, (int)a->k_stride, 0.0f, s, n_kv);
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (size_t)r * (size_t)n_kv;
+        int seen = a->pos0 + t0 + r + 1;
+        softmax_row(row, seen, 0);
+        memset(row + seen, 0, (size_t)(n_kv - seen) * sizeof *row);
+    }
+    const float *v = a->v_cache + (size_t)kvh * (size_t)a->head_dim_v;
+    float *out = a->out + (size_t)t0 * (size_t)a->out_stride + (size_t)h * (size_t)a->head_dim_v;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a->head_dim_v, n_kv, 1.0f, s,
+                n_kv, v, (int)a->v_stride, 0.0f, out, (int)a->out_stride);
+}
+
+static void attention_tiles_task(void *arg, int ith, int nth) {
+    (void)nth;
+    struct attn_tiles_job *j = arg;
+    float *s = j->c->scores + (size_t)ith * ATTN_TILE * (size_t)j->c->cfg.max_ctx;
+    for (;;) {
+        int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= j->n_tiles * j->a->n_head) return;
+        attend_tile(j->a, u / j->n_tiles, u % j->n_tiles * ATTN_TILE, s);
+    }
+}
+#endif
 
 void cpu_attention(struct cpu_ctx *c, const struct attn_args *a) {
     if (a->head_dim_v > c->cfg.max_head_dim)
@@ -559,6 +624,14 @@ void cpu_attention(struct cpu_ctx *c, const struct attn_args *a) {
     if (a->pos0 + a->n_tok > c->cfg.max_ctx)
         die("attention over %d positions exceeds the context %d", a->pos0 + a->n_tok,
             c->cfg.max_ctx);
+#ifdef MOERUN_BLAS
+    if (c->cfg.blas_min_batch > 0 && a->n_tok >= c->cfg.blas_min_batch) {
+        struct attn_tiles_job j = {.c = c, .a = a, .n_tiles = (a->n_tok + ATTN_TILE - 1) / ATTN_TILE};
+        atomic_store(&j.next, 0);
+        cpu_parallel(c, attention_tiles_task, &j);
+        return;
+    }
+#endif
     struct attn_job j = {c, a};
     cpu_parallel(c, attention_task, &j);
 }

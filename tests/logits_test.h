@@ -67,18 +67,21 @@ __attribute__((unused)) static struct diff compare(const float *got, const float
     return d;
 }
 
-enum path { PATH_BATCH, PATH_DECODE };
+enum path { PATH_BATCH, PATH_DECODE, PATH_CHUNKS };
 
-/* Logits of every position, in one batch or one token at a time. */
+/* PATH_CHUNKS: batches of this many tokens, so that batches start past position 0. */
+enum { TEST_CHUNK = 13 };
+
+/* Logits of every position: in one batch, one token at a time, or in chunks. */
 __attribute__((unused)) static float *run_model(struct model *m, const int32_t *ids, int n,
                                                 enum path path) {
     float *logits = xmalloc((size_t)n * m->hp.n_vocab * sizeof(float));
     int rc = 0;
-    if (path == PATH_BATCH)
-        rc = model_forward(m, ids, n, 0, logits, 1);
-    else
-        for (int i = 0; i < n && rc == 0; i++)
-            rc = model_forward(m, ids + i, 1, i, logits + (size_t)i * m->hp.n_vocab, 1);
+    int step = path == PATH_BATCH ? n : path == PATH_CHUNKS ? TEST_CHUNK : 1;
+    for (int i = 0; i < n && rc == 0; i += step) {
+        int k = n - i < step ? n - i : step;
+        rc = model_forward(m, ids + i, k, i, logits + (size_t)i * m->hp.n_vocab, 1);
+    }
     if (rc < 0) {
         free(logits);
         return NULL;

@@ -96,9 +96,12 @@ static void test_stories(void) {
     check_logits("stories260K batch (quantized-path kernels)", gguf, ids, n, ref, within(1e-3f),
                  PATH_BATCH, -1);
     check_logits("stories260K decode", gguf, ids, n, ref, within(1e-3f), PATH_DECODE, -1);
-    if (cpu_has_blas())
+    if (cpu_has_blas()) {
         check_logits("stories260K batch (OpenBLAS)", gguf, ids, n, ref, within(1e-3f), PATH_BATCH,
                      1);
+        check_logits("stories260K chunks of 13 (OpenBLAS)", gguf, ids, n, ref, within(1e-3f),
+                     PATH_CHUNKS, 1);
+    }
 }
 
 static const char *compat_types[] = {"F32",    "F16",    "BF16", "Q8_0",  "Q4_0",
@@ -164,6 +167,11 @@ static void check_file(const char *dir, const char *family, const char *type) {
     }
     check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
                  has_deq ? within(1e-3f) : rel, PATH_BATCH, 1);
+    /* later batches start past position 0: the sgemm attention's causal offset */
+    snprintf(name, sizeof name, "%s-%s OpenBLAS chunks of %d vs %s", family, type, TEST_CHUNK,
+             has_deq ? "deqf32" : "llama.cpp");
+    check_logits(name, gguf, compat_tokens, N_COMPAT, has_deq ? deq : ref,
+                 has_deq ? within(1e-3f) : rel, PATH_CHUNKS, 1);
 }
 
 /* Every block format of one compat family: dense llama, Mixtral-style llama, qwen2,
