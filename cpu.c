@@ -407,7 +407,12 @@ static inline float exp_poly(float x) {
     float p = fmaf(
         fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
         u, fmaf(0x1.ffffecp-1f, b, 1.0f));
-    return ldexpf(p, (int)n);
+    /* p * 2^n with 2^n built from its bits: |n| <= 126 keeps 2^n normal, so this is one
+     * rounding of the exact product, as ldexpf's result is, without the library call */
+    uint32_t bits = (uint32_t)((int)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
 void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows, float eps) {
