@@ -1621,6 +1621,27 @@ QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, cons
     return sumi;
 }
 
+/* The 8 scales and 8 mins of a Q4_K/Q5_K block as bytes 0..7 and 8..15, by word operations
+ * on the 12 packed bytes: the values k4_get_scale_min gives one at a time. */
+static inline void k4_unpack_scales(const uint8_t *q, uint8_t out[16]) {
+    uint32_t w[3], u[4];
+    memcpy(w, q, sizeof w);
+    u[0] = w[0] & 0x3f3f3f3fu;
+    u[1] = (w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    u[2] = w[1] & 0x3f3f3f3fu;
+    u[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    memcpy(out, u, sizeof u);
+}
+
+/* mins[2k] + mins[2k+1] in int32 lane k, where mins[g] = min g times the activations' sum
+ * over its 32 values (pairs of 16-value bsums; each pair fits int16). */
+QT_AVX2 static __m128i k4_min_pairs(const uint8_t *mins8, const int16_t *bsums) {
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mins8));
+    const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                         _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    return _mm_madd_epi16(mins, pairs);
+}
+
 QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q4_K *x = vx;
     const struct block_q8_K *y = vy;
@@ -1629,17 +1650,12 @@ QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = y[i].d * h2f(x[i].d);
         const float dmin = -y[i].d * h2f(x[i].dmin);
-        uint8_t sc[8], mn[8];
-        int32_t mins[8];
-        for (int g = 0; g < 8; ++g) {
-            k4_get_scale_min(g, x[i].scales, &sc[g], &mn[g]);
-            mins[g] = mn[g] * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
-        }
-        const __m128i m = _mm_set_epi32(mins[6] + mins[7], mins[4] + mins[5], mins[2] + mins[3],
-                                        mins[0] + mins[1]);
+        uint8_t sm[16];
+        k4_unpack_scales(x[i].scales, sm);
+        const __m128i m = k4_min_pairs(sm + 8, y[i].bsums);
         acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
-                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, sc)), acc);
+                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, sm)), acc);
     }
     acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
     acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
@@ -1654,16 +1670,15 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = y[i].d * h2f(x[i].d);
         const float dmin = -y[i].d * h2f(x[i].dmin);
-        uint8_t sc[8], mn[8];
-        int32_t m = 0;
-        for (int g = 0; g < 8; ++g) {
-            k4_get_scale_min(g, x[i].scales, &sc[g], &mn[g]);
-            m += mn[g] * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
-        }
-        summs = fmaf(dmin, (float)m, summs);
+        uint8_t sm[16];
+        k4_unpack_scales(x[i].scales, sm);
+        __m128i m = k4_min_pairs(sm + 8, y[i].bsums);
+        m = _mm_add_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
+        m = _mm_add_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
+        summs = fmaf(dmin, (float)_mm_cvtsi128_si32(m), summs);
         acc =
             _mm256_fmadd_ps(_mm256_set1_ps(d),
-                            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, sc)), acc);
+                            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, sm)), acc);
     }
     *out = hsum_f32x8(acc) + summs;
 }
@@ -1703,12 +1718,13 @@ QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx
     const struct block_q8_K *y = vy;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        int32_t offs[8];
-        for (int l = 0; l < 8; ++l)
-            offs[l] = 32 * (x[i].scales[2 * l] * y[i].bsums[2 * l] +
-                            x[i].scales[2 * l + 1] * y[i].bsums[2 * l + 1]);
-        const __m256i lanes = _mm256_sub_epi32(q6_K_block_lanes(&x[i], y[i].qs),
-                                               _mm256_loadu_si256((const __m256i *)offs));
+        /* lane l: 32 (scale 2l bsum 2l + scale 2l+1 bsum 2l+1), the levels' offset of 32 */
+        const __m256i offs = _mm256_slli_epi32(
+            _mm256_madd_epi16(
+                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales)),
+                _mm256_loadu_si256((const __m256i *)y[i].bsums)),
+            5);
+        const __m256i lanes = _mm256_sub_epi32(q6_K_block_lanes(&x[i], y[i].qs), offs);
         const __m256 d = _mm256_set1_ps(y[i].d * h2f(x[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
     }
