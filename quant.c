@@ -1595,10 +1595,20 @@ QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx
 /* Q4_K in llama.cpp's x86 arrangement, fully in registers: per 64 values, the two nibble
  * planes times the activations (pairs by maddubs), times their group scales (quads by madd),
  * so int32 lane k holds values 4k..4k+3 of each 32-value run, as k_lanes defines. */
+/* Int16 element e of the (broadcast) vector in every 16-bit lane of the low 128 bits and
+ * element f in every lane of the high 128 bits: one byte shuffle. */
+QT_AVX2 static __m256i pick_i16(__m256i v, int e, int f) {
+    const __m128i lo = _mm_set1_epi16((short)(2 * e | (2 * e + 1) << 8));
+    const __m128i hi = _mm_set1_epi16((short)(2 * f | (2 * f + 1) << 8));
+    return _mm256_shuffle_epi8(v, _mm256_set_m128i(hi, lo));
+}
+
 QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, const int8_t *q8,
                                       const uint8_t *sc) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const __m256i high = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    const __m256i scales =
+        _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < QK_K / 64; ++j) {
         const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
@@ -1615,8 +1625,9 @@ QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, cons
             _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
         const __m256i p_hi =
             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j])));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, pick_i16(scales, 2 * j, 2 * j)));
+        sumi = _mm256_add_epi32(sumi,
+                                _mm256_madd_epi16(p_hi, pick_i16(scales, 2 * j + 1, 2 * j + 1)));
     }
     return sumi;
 }
@@ -1683,21 +1694,16 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
-/* One 32-value run of Q6_K levels (0..63) times activations, pairs by maddubs, then quads
- * times the two 16-value group scales: int32 lane k holds values 4k..4k+3, as k_lanes. */
-QT_AVX2 static __m256i q6_K_run(__m256i levels, const int8_t *q8, const int8_t *sc) {
-    const __m256i p16 = _mm256_maddubs_epi16(levels, _mm256_loadu_si256((const __m256i *)q8));
-    const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
-    return _mm256_madd_epi16(p16, scales);
-}
-
-/* Q6_K in registers: 4 low bits from ql, 2 high bits from qh, 128 values per step. */
+/* Q6_K in registers: 4 low bits from ql, 2 high bits from qh, 128 values per step; each
+ * 32-value run times the activations (pairs by maddubs), then quads times the two 16-value
+ * group scales, so int32 lane k holds values 4k..4k+3, as k_lanes defines. */
 QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t *q8) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < QK_K / 128; ++j) {
         const uint8_t *ql = x->ql + 64 * j, *qh = x->qh + 32 * j;
-        const int8_t *sc = x->scales + 8 * j;
+        const __m256i scales = _mm256_broadcastsi128_si256(
+            _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(x->scales + 8 * j))));
         const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
         const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
         const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
@@ -1707,7 +1713,10 @@ QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t
                                          : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
             const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
             const __m256i lv = _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
-            sumi = _mm256_add_epi32(sumi, q6_K_run(lv, q8 + 128 * j + 32 * part, sc + 2 * part));
+            const __m256i p16 = _mm256_maddubs_epi16(
+                lv, _mm256_loadu_si256((const __m256i *)(q8 + 128 * j + 32 * part)));
+            sumi = _mm256_add_epi32(
+                sumi, _mm256_madd_epi16(p16, pick_i16(scales, 2 * part, 2 * part + 1)));
         }
     }
     return sumi;
