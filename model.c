@@ -913,6 +913,11 @@ static void matmul(struct model *m, const struct weight *w, const float *x, int 
     cpu_matmul(m->cpu, &w->m, x, n_tok, y);
 }
 
+/* y (n_tok, n_out) = x (n_tok, n_in) times w, as one of several products run together. */
+static struct cpu_product product(const struct weight *w, const float *x, int n_tok, float *y) {
+    return (struct cpu_product){w->m, x, w->m.n_in, y, w->m.n_out, n_tok};
+}
+
 struct attn_args model_attn_args(const struct model *m, int n_tok, int pos0) {
     const struct hparams *hp = &m->hp;
     const struct attn_geometry *g = &m->ag;
@@ -942,9 +947,10 @@ static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     int64_t q_row = (int64_t)hp->n_head * hp->head_dim;
     const float *freqs = m->w[W_ROPE_FREQS].t ? vec(&m->w[W_ROPE_FREQS]) : NULL;
 
-    matmul(m, &L->w[W_ATTN_Q], m->xb, n_tok, m->q);
-    matmul(m, &L->w[W_ATTN_K], m->xb, n_tok, m->kv);
-    matmul(m, &L->w[W_ATTN_V], m->xb, n_tok, m->v);
+    const struct cpu_product qkv[3] = {product(&L->w[W_ATTN_Q], m->xb, n_tok, m->q),
+                                       product(&L->w[W_ATTN_K], m->xb, n_tok, m->kv),
+                                       product(&L->w[W_ATTN_V], m->xb, n_tok, m->v)};
+    cpu_matmul_many(m->cpu, qkv, 3);
     add_bias(m->q, &L->w[W_ATTN_Q_BIAS], n_tok, q_row);
     add_bias(m->kv, &L->w[W_ATTN_K_BIAS], n_tok, g->kv_k);
     add_bias(m->v, &L->w[W_ATTN_V_BIAS], n_tok, g->kv_v);
@@ -978,15 +984,19 @@ static void per_head(struct model *m, const struct cpu_matrix *mats, const float
     cpu_matmul_many(m->cpu, p, n_head);
 }
 
-/* The query: from attn_q, or through the low-rank attn_q_a, its norm and attn_q_b. */
-static void mla_query(struct model *m, const struct model_layer *L, int n_tok) {
+/* The query (from attn_q, or through the low-rank attn_q_a, its norm and attn_q_b) and the
+ * compressed key-value row: the two products that read xb run together. */
+static void mla_query_kv(struct model *m, const struct model_layer *L, int n_tok) {
     const struct hparams *hp = &m->hp;
-    if (!L->w[W_ATTN_Q_A].t) {
-        matmul(m, &L->w[W_ATTN_Q], m->xb, n_tok, m->q);
-        return;
-    }
+    int low_rank = L->w[W_ATTN_Q_A].t != NULL;
     float *q_a = m->att; /* free until the attention itself */
-    matmul(m, &L->w[W_ATTN_Q_A], m->xb, n_tok, q_a);
+    const struct cpu_product p[2] = {
+        low_rank ? product(&L->w[W_ATTN_Q_A], m->xb, n_tok, q_a)
+                 : product(&L->w[W_ATTN_Q], m->xb, n_tok, m->q),
+        product(&L->w[W_ATTN_KV_A_MQA], m->xb, n_tok, m->kv),
+    };
+    cpu_matmul_many(m->cpu, p, 2);
+    if (!low_rank) return;
     cpu_rmsnorm(q_a, q_a, vec(&L->w[W_ATTN_Q_A_NORM]), hp->q_lora, n_tok, hp->norm_eps);
     matmul(m, &L->w[W_ATTN_Q_B], q_a, n_tok, m->q);
 }
@@ -1005,8 +1015,7 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     float *cache = m->k_cache + (size_t)il * (size_t)m->n_ctx * (size_t)latent;
     struct cpu_matrix mats[CPU_MAX_PRODUCTS];
 
-    mla_query(m, L, n_tok);
-    matmul(m, &L->w[W_ATTN_KV_A_MQA], m->xb, n_tok, m->kv);
+    mla_query_kv(m, L, n_tok);
     cpu_rope(m->q + nope, n_tok, (int)hp->n_head, q_head, q_row, m->pos, &m->rope, NULL);
     cpu_rope(m->kv + lora, n_tok, 1, latent, latent, m->pos, &m->rope, NULL);
     for (int t = 0; t < n_tok; t++) {
@@ -1057,8 +1066,8 @@ static void attention_block(struct model *m, int il, int n_tok, int pos0) {
 /* out = W_down (silu(W_gate x) * W_up x) for n rows. */
 static void swiglu_ffn(struct model *m, const struct weight *gate, const struct weight *up,
                        const struct weight *down, const float *x, int n, int64_t n_ff, float *out) {
-    matmul(m, gate, x, n, m->gate);
-    matmul(m, up, x, n, m->up);
+    const struct cpu_product gate_up[2] = {product(gate, x, n, m->gate), product(up, x, n, m->up)};
+    cpu_matmul_many(m->cpu, gate_up, 2); /* one input, two products: one pair of barriers */
     cpu_swiglu(m->gate, m->gate, m->up, (int64_t)n * n_ff);
     matmul(m, down, m->gate, n, out);
 }
@@ -1081,11 +1090,10 @@ static void route_tokens(struct model *m, const struct model_layer *L, int n_tok
             if (m->expert_ids[s] == e) fill[w++] = s;
 }
 
-/* One product per active expert over its gathered rows; out rows follow m->expert_rows. */
-static void expert_products(struct model *m, const struct weight *w, int64_t r0, int64_t n_out,
-                            const float *x, int64_t n_in, float *y) {
-    struct cpu_product p[CPU_MAX_PRODUCTS];
-    int n = 0;
+/* One product per active expert over its gathered rows, appended to p (n so far; run first
+ * when full); out rows follow m->expert_rows. */
+static int expert_products(struct model *m, struct cpu_product *p, int n, const struct weight *w,
+                           int64_t r0, int64_t n_out, const float *x, int64_t n_in, float *y) {
     for (int e = 0; e < (int)m->hp.n_expert; e++) {
         int start = m->expert_start[e], count = m->expert_start[e + 1] - start;
         if (!count) continue;
@@ -1100,7 +1108,7 @@ static void expert_products(struct model *m, const struct weight *w, int64_t r0,
                                       n_out,
                                       count};
     }
-    cpu_matmul_many(m->cpu, p, n);
+    return n;
 }
 
 /* Routed experts: gather each expert's tokens, run its SwiGLU once over them, then add the
@@ -1115,12 +1123,15 @@ void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, fl
         memcpy(m->moe_in + (size_t)i * (size_t)E,
                m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
     int fused = L->w[W_FFN_GATE_UP_EXPS].t != NULL;
-    expert_products(m, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0, F, m->moe_in,
-                    E, m->gate);
-    expert_products(m, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_UP_EXPS], fused ? F : 0, F,
-                    m->moe_in, E, m->up);
+    struct cpu_product p[CPU_MAX_PRODUCTS];
+    int n = expert_products(m, p, 0, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS],
+                            0, F, m->moe_in, E, m->gate);
+    n = expert_products(m, p, n, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_UP_EXPS],
+                        fused ? F : 0, F, m->moe_in, E, m->up);
+    cpu_matmul_many(m->cpu, p, n); /* gate and up of every expert together */
     cpu_swiglu(m->gate, m->gate, m->up, (int64_t)slots * F);
-    expert_products(m, &L->w[W_FFN_DOWN_EXPS], 0, E, m->gate, F, m->moe_in);
+    n = expert_products(m, p, 0, &L->w[W_FFN_DOWN_EXPS], 0, E, m->gate, F, m->moe_in);
+    cpu_matmul_many(m->cpu, p, n);
     for (int i = 0; i < slots; i++) /* back to (token, choice) order */
         memcpy(m->moe_out + (size_t)m->expert_rows[i] * (size_t)E,
                m->moe_in + (size_t)i * (size_t)E, (size_t)E * 4);
