@@ -369,6 +369,11 @@ static int read_tensors(struct cursor *c, struct gguf_file *f) {
 static const char *read_whole(int fd, uint64_t size, uint8_t **out) {
     void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return strerror(errno);
+#ifdef MADV_HUGEPAGE
+    /* 2 MiB pages where the kernel offers them (THP "madvise" mode is common): routed experts
+     * are read from all over the weights, and 4 KiB pages would miss the TLB on most of them. */
+    madvise(m, (size_t)size, MADV_HUGEPAGE);
+#endif
     for (uint64_t done = 0; done < size;) {
         size_t chunk = size - done < (1u << 30) ? (size_t)(size - done) : (1u << 30);
         ssize_t got = read(fd, (uint8_t *)m + done, chunk);
