@@ -230,17 +230,32 @@ static void dot_vec_order(int64_t n, float *out, const void *x, const void *y) {
     *out = qt_dot_f32_vec(x, y, n);
 }
 
+/* Rows [r0, r1) of product i: in the type's tiles of rows x tokens where it has them, the
+ * rest pair by pair. Both give every pair the same bits. */
 static void product_rows(const struct matmul_job *j, int i, int64_t r0, int64_t r1) {
     const struct cpu_product *p = &j->p[i];
     const struct cpu_matrix *w = &p->w;
-    qt_vec_dot_fn dot =
-        w->type == QT_F32 && w->vec_order ? dot_vec_order : qtype_traits(w->type)->vec_dot;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-        for (int t = 0; t < p->n_tok; t++)
-            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], row,
-                activation(j, i, t));
+    const struct qtype_traits *tr = qtype_traits(w->type);
+    qt_vec_dot_fn dot = w->type == QT_F32 && w->vec_order ? dot_vec_order : tr->vec_dot;
+    const uint8_t *rows = (const uint8_t *)w->data;
+    int tiled_toks = 0;
+    if (tr->vec_dot_tile && j->act_row[i] && p->n_tok >= tr->tile_toks) {
+        tiled_toks = p->n_tok - p->n_tok % tr->tile_toks;
+        int64_t tiled_end = r0 + (r1 - r0) / tr->tile_rows * tr->tile_rows;
+        for (int64_t r = r0; r < tiled_end; r += tr->tile_rows)
+            for (int t = 0; t < tiled_toks; t += tr->tile_toks)
+                tr->vec_dot_tile(w->n_in, rows + (size_t)r * w->row_bytes, w->row_bytes,
+                                 activation(j, i, t), j->act_row[i],
+                                 &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], p->y_stride);
+        for (int64_t r = tiled_end; r < r1; r++) /* rows left over: every token */
+            for (int t = 0; t < tiled_toks; t++)
+                dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r],
+                    rows + (size_t)r * w->row_bytes, activation(j, i, t));
     }
+    for (int64_t r = r0; r < r1; r++) /* tokens left over (all of them without tiles) */
+        for (int t = tiled_toks; t < p->n_tok; t++)
+            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r],
+                rows + (size_t)r * w->row_bytes, activation(j, i, t));
 }
 
 static void matmul_rows_quantized(void *arg, int ith, int nth) {

@@ -1417,6 +1417,12 @@ static void q8_K_from_float(const float *x, void *dst, int64_t n) {
 #if QT_X86 && (defined(__GNUC__) || defined(__clang__))
 #define QT_HAVE_AVX2_KERNELS 1
 #define QT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+/* Q8_0's tile: weights used for 4 tokens, activations for 2 rows, 8 accumulators. */
+enum { Q8_0_TILE_ROWS = 2, Q8_0_TILE_TOKS = 4 };
+
+#if QT_HAVE_AVX2_KERNELS
 
 /* Calling non-VEX code (f16_to_f32) between AVX instructions costs state transitions on
  * many CPUs; F16C converts in place and exactly (subnormals included). */
@@ -1462,6 +1468,40 @@ QT_AVX2 static void vec_dot_q8_0_q8_0_avx2(int64_t n, float *out, const void *vx
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8x32(qx, qy)), acc);
     }
     *out = hsum_f32x8(acc);
+}
+
+QT_AVX2 static void vec_dot_q8_0_tile_avx2(int64_t n, const void *vx, size_t x_stride,
+                                           const void *vy, size_t y_stride, float *out,
+                                           int64_t out_stride) {
+    const struct block_q8_0 *x[Q8_0_TILE_ROWS], *y[Q8_0_TILE_TOKS];
+    for (int r = 0; r < Q8_0_TILE_ROWS; r++)
+        x[r] = (const struct block_q8_0 *)((const uint8_t *)vx + (size_t)r * x_stride);
+    for (int t = 0; t < Q8_0_TILE_TOKS; t++)
+        y[t] = (const struct block_q8_0 *)((const uint8_t *)vy + (size_t)t * y_stride);
+    __m256 acc[Q8_0_TILE_ROWS][Q8_0_TILE_TOKS];
+    for (int r = 0; r < Q8_0_TILE_ROWS; r++)
+        for (int t = 0; t < Q8_0_TILE_TOKS; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK32; ++i) {
+        __m256i qx[Q8_0_TILE_ROWS], ax[Q8_0_TILE_ROWS];
+        float dx[Q8_0_TILE_ROWS];
+        for (int r = 0; r < Q8_0_TILE_ROWS; r++) {
+            qx[r] = _mm256_loadu_si256((const __m256i *)x[r][i].qs);
+            ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
+            dx[r] = h2f(x[r][i].d);
+        }
+        for (int t = 0; t < Q8_0_TILE_TOKS; t++) {
+            const __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
+            const float dy = h2f(y[t][i].d);
+            for (int r = 0; r < Q8_0_TILE_ROWS; r++) { /* dot_i8x32's steps, pair by pair */
+                const __m256i p16 = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(qy, qx[r]));
+                const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), _mm256_cvtepi32_ps(p32),
+                                            acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < Q8_0_TILE_ROWS; r++)
+        for (int t = 0; t < Q8_0_TILE_TOKS; t++) out[t * out_stride + r] = hsum_f32x8(acc[r][t]);
 }
 
 QT_AVX2 static void vec_dot_q4_0_q8_0_avx2(int64_t n, float *out, const void *vx, const void *vy) {
@@ -1759,6 +1799,17 @@ static int qt_cpu_has_avx2(void) {
 static void vec_dot_q8_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q8_0_q8_0_avx2 : vec_dot_q8_0_q8_0)(n, out, x, y);
 }
+static void vec_dot_q8_0_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
+                                   size_t y_stride, float *out, int64_t out_stride) {
+    if (qt_cpu_has_avx2()) {
+        vec_dot_q8_0_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
+        return;
+    }
+    for (int r = 0; r < Q8_0_TILE_ROWS; r++)
+        for (int t = 0; t < Q8_0_TILE_TOKS; t++)
+            vec_dot_q8_0_q8_0(n, &out[t * out_stride + r], (const uint8_t *)x + (size_t)r * x_stride,
+                              (const uint8_t *)y + (size_t)t * y_stride);
+}
 static void vec_dot_q4_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q4_0_q8_0_avx2 : vec_dot_q4_0_q8_0)(n, out, x, y);
 }
@@ -1786,8 +1837,10 @@ static void vec_dot_q5_K_q8_K_best(int64_t n, float *out, const void *x, const v
 static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q6_K_q8_K_avx2 : vec_dot_q6_K_q8_K)(n, out, x, y);
 }
+#define Q8_0_TILE_FN vec_dot_q8_0_tile_best
 #else
 #define QT_HAVE_AVX2_KERNELS 0
+#define Q8_0_TILE_FN NULL /* portable builds: vec_dot pair by pair */
 #define vec_dot_q8_0_q8_0_best vec_dot_q8_0_q8_0
 #define vec_dot_q4_0_q8_0_best vec_dot_q4_0_q8_0
 #define vec_dot_q4_1_q8_1_best vec_dot_q4_1_q8_1
@@ -1868,7 +1921,10 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
                  .from_float = q8_0_from_float,
                  .from_float_act = q8_0_from_float_act,
                  .vec_dot_type = QT_Q8_0,
-                 .vec_dot = vec_dot_q8_0_q8_0_best},
+                 .vec_dot = vec_dot_q8_0_q8_0_best,
+                 .vec_dot_tile = Q8_0_TILE_FN,
+                 .tile_rows = Q8_0_TILE_ROWS,
+                 .tile_toks = Q8_0_TILE_TOKS},
     [QT_Q8_1] = {.name = "q8_1",
                  .blck_size = QK32,
                  .type_size = sizeof(struct block_q8_1),

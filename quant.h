@@ -34,6 +34,13 @@ enum qtype {
 typedef void (*qt_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*qt_from_float_fn)(const float *src, void *dst, int64_t n);
 typedef void (*qt_vec_dot_fn)(int64_t n, float *out, const void *x, const void *y);
+/* A tile of tile_rows weight rows (x, x_stride bytes apart) times tile_toks activation rows
+ * (y, y_stride bytes apart): out[t * out_stride + r] for every pair, each the same bits that
+ * vec_dot gives for it. Loads each block once per tile and keeps the pairs' accumulations
+ * independent, so small batches (an expert's share of a prefill) run near the core's
+ * throughput instead of one dot product's latency. */
+typedef void (*qt_vec_dot_tile_fn)(int64_t n, const void *x, size_t x_stride, const void *y,
+                                   size_t y_stride, float *out, int64_t out_stride);
 
 struct qtype_traits {
     const char *name; /* ggml's name: "q4_K", "f32", ... */
@@ -47,6 +54,8 @@ struct qtype_traits {
     qt_from_float_fn from_float_act;
     enum qtype vec_dot_type;
     qt_vec_dot_fn vec_dot;
+    qt_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot pair by pair */
+    int tile_rows, tile_toks;
 };
 
 /* NULL for ids that are unknown or not supported (e.g. IQ types for now). */

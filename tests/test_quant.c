@@ -535,6 +535,47 @@ static void test_simd_vs_scalar(void) {
     }
 }
 
+/* Tile kernels (several rows times several activation rows at once) against vec_dot pair by
+ * pair: every output must be the same bits, since the products feed the activations that
+ * later layers quantize. */
+static void test_tiles(void) {
+    for (enum qtype type = 0; type < QT_COUNT; ++type) {
+        const struct qtype_traits *tr = qtype_traits(type);
+        if (!tr || !tr->vec_dot_tile) continue;
+        const struct qtype_traits *at = qtype_traits(tr->vec_dot_type);
+        int ok = 1, cases = 0;
+        for (int trial = 0; trial < 12; ++trial) {
+            const int64_t n = tr->blck_size * (1 + trial % 6) * (trial % 4 ? 8 : 1);
+            const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
+            uint8_t *x = xmalloc(xb * (size_t)tr->tile_rows), *y = xmalloc(yb * (size_t)tr->tile_toks);
+            float *row = xmalloc((size_t)n * sizeof(float));
+            for (int r = 0; r < tr->tile_rows; ++r) {
+                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
+                tr->from_float(row, x + (size_t)r * xb, n);
+            }
+            for (int t = 0; t < tr->tile_toks; ++t) {
+                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (1 + (float)(i % 7));
+                at->from_float_act(row, y + (size_t)t * yb, n);
+            }
+            const int64_t stride = tr->tile_rows + 3; /* out rows wider than the tile */
+            float out[64], want;
+            tr->vec_dot_tile(n, x, xb, y, yb, out, stride);
+            for (int r = 0; r < tr->tile_rows; ++r)
+                for (int t = 0; t < tr->tile_toks; ++t, ++cases) {
+                    tr->vec_dot(n, &want, x + (size_t)r * xb, y + (size_t)t * yb);
+                    if (memcmp(&want, &out[t * stride + r], sizeof want)) ok = 0;
+                }
+            free(x);
+            free(y);
+            free(row);
+        }
+        char name[64];
+        snprintf(name, sizeof name, "quant_tile_%s", tr->name);
+        test_report(name, ok, "%d x %d tiles, %d pairs bit-equal to vec_dot", tr->tile_rows,
+                    tr->tile_toks, cases);
+    }
+}
+
 /* ---------------------------------------------------------------- test 5: traits */
 
 static void test_traits(void) {
@@ -624,6 +665,7 @@ int main(void) {
     test_degenerate_blocks();
     test_vec_dot();
     test_simd_vs_scalar();
+    test_tiles();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
     if (!test_file_exists(probe)) {
