@@ -1419,8 +1419,9 @@ static void q8_K_from_float(const float *x, void *dst, int64_t n) {
 #define QT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif
 
-/* Q8_0's tile: weights used for 4 tokens, activations for 2 rows, 8 accumulators. */
-enum { Q8_0_TILE_ROWS = 2, Q8_0_TILE_TOKS = 4 };
+/* Q8_0's tile: weights used for 4 tokens, activations for 2 rows, 8 accumulators. Q4_K's:
+ * one row's nibbles and scales unpacked once for 4 tokens. */
+enum { Q8_0_TILE_ROWS = 2, Q8_0_TILE_TOKS = 4, Q4_K_TILE_TOKS = 4 };
 
 #if QT_HAVE_AVX2_KERNELS
 
@@ -1722,6 +1723,60 @@ QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + _mm_cvtss_f32(acc_m);
 }
 
+/* vec_dot_q4_K_q8_K_avx2 for one row and Q4_K_TILE_TOKS activation rows: the same steps and
+ * order for every pair, with the row's unpacking shared. */
+QT_AVX2 static void vec_dot_q4_K_tile_avx2(int64_t n, const void *vx, size_t x_stride,
+                                           const void *vy, size_t y_stride, float *out,
+                                           int64_t out_stride) {
+    (void)x_stride; /* one row per tile */
+    const struct block_q4_K *x = vx;
+    const struct block_q8_K *y[Q4_K_TILE_TOKS];
+    for (int t = 0; t < Q4_K_TILE_TOKS; t++)
+        y[t] = (const struct block_q8_K *)((const uint8_t *)vy + (size_t)t * y_stride);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[Q4_K_TILE_TOKS];
+    __m128 acc_m[Q4_K_TILE_TOKS];
+    for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
+        acc[t] = _mm256_setzero_ps();
+        acc_m[t] = _mm_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float xd = h2f(x[i].d), xdmin = h2f(x[i].dmin);
+        uint8_t sm[16];
+        k4_unpack_scales(x[i].scales, sm);
+        const __m256i scales =
+            _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+        __m256i sumi[Q4_K_TILE_TOKS];
+        for (int t = 0; t < Q4_K_TILE_TOKS; t++) sumi[t] = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; ++j) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(raw, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            const __m256i sc_lo = pick_i16(scales, 2 * j, 2 * j);
+            const __m256i sc_hi = pick_i16(scales, 2 * j + 1, 2 * j + 1);
+            for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
+                const int8_t *q8 = y[t][i].qs + 64 * j;
+                const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+                const __m256i p_hi =
+                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p_lo, sc_lo));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p_hi, sc_hi));
+            }
+        }
+        for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
+            const float d = y[t][i].d * xd, dmin = -y[t][i].d * xdmin;
+            const __m128i m = k4_min_pairs(sm + 8, y[t][i].bsums);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
+        __m128 am = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
+        am = _mm_add_ss(am, _mm_movehdup_ps(am));
+        out[t * out_stride] = hsum_f32x8(acc[t]) + _mm_cvtss_f32(am);
+    }
+}
+
 QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
     const struct block_q5_K *x = vx;
     const struct block_q8_K *y = vy;
@@ -1837,10 +1892,21 @@ static void vec_dot_q5_K_q8_K_best(int64_t n, float *out, const void *x, const v
 static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q6_K_q8_K_avx2 : vec_dot_q6_K_q8_K)(n, out, x, y);
 }
+static void vec_dot_q4_K_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
+                                   size_t y_stride, float *out, int64_t out_stride) {
+    if (qt_cpu_has_avx2()) {
+        vec_dot_q4_K_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
+        return;
+    }
+    for (int t = 0; t < Q4_K_TILE_TOKS; t++)
+        vec_dot_q4_K_q8_K(n, &out[t * out_stride], x, (const uint8_t *)y + (size_t)t * y_stride);
+}
 #define Q8_0_TILE_FN vec_dot_q8_0_tile_best
+#define Q4_K_TILE_FN vec_dot_q4_K_tile_best
 #else
 #define QT_HAVE_AVX2_KERNELS 0
 #define Q8_0_TILE_FN NULL /* portable builds: vec_dot pair by pair */
+#define Q4_K_TILE_FN NULL
 #define vec_dot_q8_0_q8_0_best vec_dot_q8_0_q8_0
 #define vec_dot_q4_0_q8_0_best vec_dot_q4_0_q8_0
 #define vec_dot_q4_1_q8_1_best vec_dot_q4_1_q8_1
@@ -1956,7 +2022,10 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
                  .from_float = q4_K_from_float,
                  .from_float_act = q4_K_from_float,
                  .vec_dot_type = QT_Q8_K,
-                 .vec_dot = vec_dot_q4_K_q8_K_best},
+                 .vec_dot = vec_dot_q4_K_q8_K_best,
+                 .vec_dot_tile = Q4_K_TILE_FN,
+                 .tile_rows = 1,
+                 .tile_toks = Q4_K_TILE_TOKS},
     [QT_Q5_K] = {.name = "q5_K",
                  .blck_size = QK_K,
                  .type_size = sizeof(struct block_q5_K),
