@@ -1854,16 +1854,22 @@ static int qt_cpu_has_avx2(void) {
 static void vec_dot_q8_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q8_0_q8_0_avx2 : vec_dot_q8_0_q8_0)(n, out, x, y);
 }
+/* A tile pair by pair with the portable vec_dot, for x86 CPUs without AVX2. */
+static void tile_by_pairs(qt_vec_dot_fn dot, int rows, int toks, int64_t n, const void *x,
+                          size_t x_stride, const void *y, size_t y_stride, float *out,
+                          int64_t out_stride) {
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < toks; t++)
+            dot(n, &out[t * out_stride + r], (const uint8_t *)x + (size_t)r * x_stride,
+                (const uint8_t *)y + (size_t)t * y_stride);
+}
 static void vec_dot_q8_0_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
                                    size_t y_stride, float *out, int64_t out_stride) {
-    if (qt_cpu_has_avx2()) {
+    if (qt_cpu_has_avx2())
         vec_dot_q8_0_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
-        return;
-    }
-    for (int r = 0; r < Q8_0_TILE_ROWS; r++)
-        for (int t = 0; t < Q8_0_TILE_TOKS; t++)
-            vec_dot_q8_0_q8_0(n, &out[t * out_stride + r], (const uint8_t *)x + (size_t)r * x_stride,
-                              (const uint8_t *)y + (size_t)t * y_stride);
+    else
+        tile_by_pairs(vec_dot_q8_0_q8_0, Q8_0_TILE_ROWS, Q8_0_TILE_TOKS, n, x, x_stride, y,
+                      y_stride, out, out_stride);
 }
 static void vec_dot_q4_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q4_0_q8_0_avx2 : vec_dot_q4_0_q8_0)(n, out, x, y);
@@ -1894,12 +1900,11 @@ static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const v
 }
 static void vec_dot_q4_K_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
                                    size_t y_stride, float *out, int64_t out_stride) {
-    if (qt_cpu_has_avx2()) {
+    if (qt_cpu_has_avx2())
         vec_dot_q4_K_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
-        return;
-    }
-    for (int t = 0; t < Q4_K_TILE_TOKS; t++)
-        vec_dot_q4_K_q8_K(n, &out[t * out_stride], x, (const uint8_t *)y + (size_t)t * y_stride);
+    else
+        tile_by_pairs(vec_dot_q4_K_q8_K, 1, Q4_K_TILE_TOKS, n, x, x_stride, y, y_stride, out,
+                      out_stride);
 }
 #define Q8_0_TILE_FN vec_dot_q8_0_tile_best
 #define Q4_K_TILE_FN vec_dot_q4_K_tile_best
