@@ -50,7 +50,7 @@ struct cpu_ctx {
     atomic_uint generation; /* bumped once per job */
     atomic_int n_done;      /* workers finished with the current job */
     atomic_int stop;
-    atomic_int n_sleeping;  /* workers blocked on the condition variable */
+    atomic_int n_sleeping; /* workers blocked on the condition variable */
     cpu_task_fn fn;
     void *fn_ctx;
 
@@ -131,8 +131,8 @@ struct cpu_ctx *cpu_init(const struct cpu_config *cfg) {
     c->tiles = xaligned_alloc((size_t)c->n_threads * (size_t)c->tile_rows * (size_t)cfg->max_in *
                               sizeof(float));
 #endif
-    c->scores = xaligned_alloc((size_t)c->n_threads * ATTN_TILE * (size_t)cfg->max_ctx *
-                               sizeof(float));
+    c->scores =
+        xaligned_alloc((size_t)c->n_threads * ATTN_TILE * (size_t)cfg->max_ctx * sizeof(float));
     c->v_lanes = xaligned_alloc((size_t)c->n_threads * ACC_LANES * (size_t)cfg->max_head_dim *
                                 sizeof(float));
     pthread_mutex_init(&c->mu, NULL);
@@ -230,32 +230,39 @@ static void dot_vec_order(int64_t n, float *out, const void *x, const void *y) {
     *out = qt_dot_f32_vec(x, y, n);
 }
 
-/* Rows [r0, r1) of product i: in the type's tiles of rows x tokens where it has them, the
- * rest pair by pair. Both give every pair the same bits. */
+/* Output rows [r0, r1) of product i for tokens [t0, n_tok), one dot product per pair. */
+static void product_pairs(const struct matmul_job *j, int i, int64_t r0, int64_t r1, int t0) {
+    const struct cpu_product *p = &j->p[i];
+    const struct cpu_matrix *w = &p->w;
+    qt_vec_dot_fn dot =
+        w->type == QT_F32 && w->vec_order ? dot_vec_order : qtype_traits(w->type)->vec_dot;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        for (int t = t0; t < p->n_tok; t++)
+            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], row,
+                activation(j, i, t));
+    }
+}
+
+/* Rows [r0, r1) of product i: whole tiles of rows x tokens where the type has a tile kernel,
+ * the rest pair by pair. Both give every pair the same bits. */
 static void product_rows(const struct matmul_job *j, int i, int64_t r0, int64_t r1) {
     const struct cpu_product *p = &j->p[i];
     const struct cpu_matrix *w = &p->w;
     const struct qtype_traits *tr = qtype_traits(w->type);
-    qt_vec_dot_fn dot = w->type == QT_F32 && w->vec_order ? dot_vec_order : tr->vec_dot;
-    const uint8_t *rows = (const uint8_t *)w->data;
-    int tiled_toks = 0;
-    if (tr->vec_dot_tile && j->act_row[i] && p->n_tok >= tr->tile_toks) {
-        tiled_toks = p->n_tok - p->n_tok % tr->tile_toks;
-        int64_t tiled_end = r0 + (r1 - r0) / tr->tile_rows * tr->tile_rows;
-        for (int64_t r = r0; r < tiled_end; r += tr->tile_rows)
-            for (int t = 0; t < tiled_toks; t += tr->tile_toks)
-                tr->vec_dot_tile(w->n_in, rows + (size_t)r * w->row_bytes, w->row_bytes,
-                                 activation(j, i, t), j->act_row[i],
-                                 &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], p->y_stride);
-        for (int64_t r = tiled_end; r < r1; r++) /* rows left over: every token */
-            for (int t = 0; t < tiled_toks; t++)
-                dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r],
-                    rows + (size_t)r * w->row_bytes, activation(j, i, t));
+    if (!tr->vec_dot_tile || !j->act_row[i] || p->n_tok < tr->tile_toks) {
+        product_pairs(j, i, r0, r1, 0);
+        return;
     }
-    for (int64_t r = r0; r < r1; r++) /* tokens left over (all of them without tiles) */
-        for (int t = tiled_toks; t < p->n_tok; t++)
-            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r],
-                rows + (size_t)r * w->row_bytes, activation(j, i, t));
+    int tiled_toks = p->n_tok - p->n_tok % tr->tile_toks;
+    int64_t tiled_end = r0 + (r1 - r0) / tr->tile_rows * tr->tile_rows;
+    for (int64_t r = r0; r < tiled_end; r += tr->tile_rows)
+        for (int t = 0; t < tiled_toks; t += tr->tile_toks)
+            tr->vec_dot_tile(w->n_in, (const uint8_t *)w->data + (size_t)r * w->row_bytes,
+                             w->row_bytes, activation(j, i, t), j->act_row[i],
+                             &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], p->y_stride);
+    product_pairs(j, i, tiled_end, r1, 0);          /* rows left over: every token */
+    product_pairs(j, i, r0, tiled_end, tiled_toks); /* tokens left over */
 }
 
 static void matmul_rows_quantized(void *arg, int ith, int nth) {
@@ -621,8 +628,8 @@ static void attend_tile(const struct attn_args *a, int h, int t0, float *s) {
     }
     const float *v = a->v_cache + (size_t)kvh * (size_t)a->head_dim_v;
     float *out = a->out + (size_t)t0 * (size_t)a->out_stride + (size_t)h * (size_t)a->head_dim_v;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a->head_dim_v, n_kv, 1.0f, s,
-                n_kv, v, (int)a->v_stride, 0.0f, out, (int)a->out_stride);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a->head_dim_v, n_kv, 1.0f, s, n_kv,
+                v, (int)a->v_stride, 0.0f, out, (int)a->out_stride);
 }
 
 static void attention_tiles_task(void *arg, int ith, int nth) {
@@ -646,7 +653,8 @@ void cpu_attention(struct cpu_ctx *c, const struct attn_args *a) {
             c->cfg.max_ctx);
 #ifdef MOERUN_BLAS
     if (c->cfg.blas_min_batch > 0 && a->n_tok >= c->cfg.blas_min_batch) {
-        struct attn_tiles_job j = {.c = c, .a = a, .n_tiles = (a->n_tok + ATTN_TILE - 1) / ATTN_TILE};
+        struct attn_tiles_job j = {
+            .c = c, .a = a, .n_tiles = (a->n_tok + ATTN_TILE - 1) / ATTN_TILE};
         atomic_store(&j.next, 0);
         cpu_parallel(c, attention_tiles_task, &j);
         return;

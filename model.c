@@ -1124,8 +1124,8 @@ void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, fl
                m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
     int fused = L->w[W_FFN_GATE_UP_EXPS].t != NULL;
     struct cpu_product p[CPU_MAX_PRODUCTS];
-    int n = expert_products(m, p, 0, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS],
-                            0, F, m->moe_in, E, m->gate);
+    int n = expert_products(m, p, 0, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0,
+                            F, m->moe_in, E, m->gate);
     n = expert_products(m, p, n, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_UP_EXPS],
                         fused ? F : 0, F, m->moe_in, E, m->up);
     cpu_matmul_many(m->cpu, p, n); /* gate and up of every expert together */

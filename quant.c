@@ -1429,11 +1429,14 @@ enum { Q8_0_TILE_ROWS = 2, Q8_0_TILE_TOKS = 4, Q4_K_TILE_TOKS = 4 };
  * many CPUs; F16C converts in place and exactly (subnormals included). */
 QT_AVX2 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-QT_AVX2 static float hsum_f32x8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+QT_AVX2 static float hsum_f32x4(__m128 s) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+QT_AVX2 static float hsum_f32x8(__m256 v) {
+    return hsum_f32x4(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
 }
 
 /* Decode reads each weight once, row after row: asking for the bytes about 1 KiB ahead keeps
@@ -1496,8 +1499,8 @@ QT_AVX2 static void vec_dot_q8_0_tile_avx2(int64_t n, const void *vx, size_t x_s
             for (int r = 0; r < Q8_0_TILE_ROWS; r++) { /* dot_i8x32's steps, pair by pair */
                 const __m256i p16 = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(qy, qx[r]));
                 const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), _mm256_cvtepi32_ps(p32),
-                                            acc[r][t]);
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), _mm256_cvtepi32_ps(p32), acc[r][t]);
             }
         }
     }
@@ -1642,9 +1645,6 @@ QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc);
 }
 
-/* Q4_K in llama.cpp's x86 arrangement, fully in registers: per 64 values, the two nibble
- * planes times the activations (pairs by maddubs), times their group scales (quads by madd),
- * so int32 lane k holds values 4k..4k+3 of each 32-value run, as k_lanes defines. */
 /* Int16 element e of the (broadcast) vector in every 16-bit lane of the low 128 bits and
  * element f in every lane of the high 128 bits: one byte shuffle. */
 QT_AVX2 static __m256i pick_i16(__m256i v, int e, int f) {
@@ -1653,12 +1653,28 @@ QT_AVX2 static __m256i pick_i16(__m256i v, int e, int f) {
     return _mm256_shuffle_epi8(v, _mm256_set_m128i(hi, lo));
 }
 
+/* The 8 unsigned group scales of a K-quant block as int16, in both 128-bit halves. */
+QT_AVX2 static __m256i k4_scales16(const uint8_t *sc) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+}
+
+/* Run 64j..64j+63 of a Q4_K/Q5_K block: the low and high nibble planes times their 32
+ * activations (pairs by maddubs), times the runs' group scales 2j and 2j+1 (quads by madd). */
+QT_AVX2 static __m256i k4_run_lanes(__m256i lo, __m256i hi, const int8_t *q8, __m256i scales,
+                                    int j) {
+    const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+    const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+    return _mm256_add_epi32(_mm256_madd_epi16(p_lo, pick_i16(scales, 2 * j, 2 * j)),
+                            _mm256_madd_epi16(p_hi, pick_i16(scales, 2 * j + 1, 2 * j + 1)));
+}
+
+/* Q4_K in llama.cpp's x86 arrangement, fully in registers: per 64 values, k4_run_lanes, so
+ * int32 lane k holds values 4k..4k+3 of each 32-value run, as k_lanes defines. */
 QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, const int8_t *q8,
                                       const uint8_t *sc) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const __m256i high = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
-    const __m256i scales =
-        _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+    const __m256i scales = k4_scales16(sc);
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < QK_K / 64; ++j) {
         const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
@@ -1671,13 +1687,7 @@ QT_AVX2 static __m256i k4_block_lanes(const uint8_t *qs, const uint8_t *qh, cons
                 hi,
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * j + 1), one), 4));
         }
-        const __m256i p_lo =
-            _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
-        const __m256i p_hi =
-            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, pick_i16(scales, 2 * j, 2 * j)));
-        sumi = _mm256_add_epi32(sumi,
-                                _mm256_madd_epi16(p_hi, pick_i16(scales, 2 * j + 1, 2 * j + 1)));
+        sumi = _mm256_add_epi32(sumi, k4_run_lanes(lo, hi, q8 + 64 * j, scales, j));
     }
     return sumi;
 }
@@ -1718,9 +1728,7 @@ QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
                               _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, sm)), acc);
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    *out = hsum_f32x8(acc) + _mm_cvtss_f32(acc_m);
+    *out = hsum_f32x8(acc) + hsum_f32x4(acc_m);
 }
 
 /* vec_dot_q4_K_q8_K_avx2 for one row and Q4_K_TILE_TOKS activation rows: the same steps and
@@ -1744,24 +1752,16 @@ QT_AVX2 static void vec_dot_q4_K_tile_avx2(int64_t n, const void *vx, size_t x_s
         const float xd = h2f(x[i].d), xdmin = h2f(x[i].dmin);
         uint8_t sm[16];
         k4_unpack_scales(x[i].scales, sm);
-        const __m256i scales =
-            _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+        const __m256i scales = k4_scales16(sm);
         __m256i sumi[Q4_K_TILE_TOKS];
         for (int t = 0; t < Q4_K_TILE_TOKS; t++) sumi[t] = _mm256_setzero_si256();
         for (int j = 0; j < QK_K / 64; ++j) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
             const __m256i lo = _mm256_and_si256(raw, low4);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-            const __m256i sc_lo = pick_i16(scales, 2 * j, 2 * j);
-            const __m256i sc_hi = pick_i16(scales, 2 * j + 1, 2 * j + 1);
-            for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
-                const int8_t *q8 = y[t][i].qs + 64 * j;
-                const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
-                const __m256i p_hi =
-                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p_lo, sc_lo));
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p_hi, sc_hi));
-            }
+            for (int t = 0; t < Q4_K_TILE_TOKS; t++)
+                sumi[t] =
+                    _mm256_add_epi32(sumi[t], k4_run_lanes(lo, hi, y[t][i].qs + 64 * j, scales, j));
         }
         for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
             const float d = y[t][i].d * xd, dmin = -y[t][i].d * xdmin;
@@ -1770,11 +1770,8 @@ QT_AVX2 static void vec_dot_q4_K_tile_avx2(int64_t n, const void *vx, size_t x_s
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         }
     }
-    for (int t = 0; t < Q4_K_TILE_TOKS; t++) {
-        __m128 am = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
-        am = _mm_add_ss(am, _mm_movehdup_ps(am));
-        out[t * out_stride] = hsum_f32x8(acc[t]) + _mm_cvtss_f32(am);
-    }
+    for (int t = 0; t < Q4_K_TILE_TOKS; t++)
+        out[t * out_stride] = hsum_f32x8(acc[t]) + hsum_f32x4(acc_m[t]);
 }
 
 QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx, const void *vy) {
@@ -1833,9 +1830,8 @@ QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx
     for (int64_t i = 0; i < n / QK_K; ++i) {
         /* lane l: 32 (scale 2l bsum 2l + scale 2l+1 bsum 2l+1), the levels' offset of 32 */
         const __m256i offs = _mm256_slli_epi32(
-            _mm256_madd_epi16(
-                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales)),
-                _mm256_loadu_si256((const __m256i *)y[i].bsums)),
+            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales)),
+                              _mm256_loadu_si256((const __m256i *)y[i].bsums)),
             5);
         const __m256i lanes = _mm256_sub_epi32(q6_K_block_lanes(&x[i], y[i].qs), offs);
         const __m256 d = _mm256_set1_ps(y[i].d * h2f(x[i].d));
@@ -2070,11 +2066,11 @@ static const struct {
     int64_t blck_size;
     size_t type_size;
 } foreign_types[] = {
-    {16, "iq2_xxs", 256, 66}, {17, "iq2_xs", 256, 74}, {18, "iq3_xxs", 256, 98},
-    {19, "iq1_s", 256, 50},   {20, "iq4_nl", 32, 18},  {21, "iq3_s", 256, 110},
+    {16, "iq2_xxs", 256, 66}, {17, "iq2_xs", 256, 74},  {18, "iq3_xxs", 256, 98},
+    {19, "iq1_s", 256, 50},   {20, "iq4_nl", 32, 18},   {21, "iq3_s", 256, 110},
     {22, "iq2_s", 256, 82},   {23, "iq4_xs", 256, 136}, {24, "i8", 1, 1},
-    {25, "i16", 1, 2},        {26, "i32", 1, 4},       {27, "i64", 1, 8},
-    {28, "f64", 1, 8},        {29, "iq1_m", 256, 56},  {34, "tq1_0", 256, 54},
+    {25, "i16", 1, 2},        {26, "i32", 1, 4},        {27, "i64", 1, 8},
+    {28, "f64", 1, 8},        {29, "iq1_m", 256, 56},   {34, "tq1_0", 256, 54},
     {35, "tq2_0", 256, 66},   {39, "mxfp4", 32, 17},
 };
 

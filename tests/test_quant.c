@@ -547,7 +547,8 @@ static void test_tiles(void) {
         for (int trial = 0; trial < 12; ++trial) {
             const int64_t n = tr->blck_size * (1 + trial % 6) * (trial % 4 ? 8 : 1);
             const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
-            uint8_t *x = xmalloc(xb * (size_t)tr->tile_rows), *y = xmalloc(yb * (size_t)tr->tile_toks);
+            uint8_t *x = xmalloc(xb * (size_t)tr->tile_rows),
+                    *y = xmalloc(yb * (size_t)tr->tile_toks);
             float *row = xmalloc((size_t)n * sizeof(float));
             for (int r = 0; r < tr->tile_rows; ++r) {
                 for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
