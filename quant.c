@@ -1840,6 +1840,93 @@ QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc);
 }
 
+/* ---- dequantization: the portable loops' products, 8 lanes at a time (an int converts to
+ * float exactly, and each output is the same one or two roundings, so the same bits) ---- */
+
+/* 32 int8 levels: the first 16 times s_lo, the last 16 times s_hi, as floats. */
+QT_AVX2 static void store_levels_32(float *dst, __m256i levels, float s_lo, float s_hi) {
+    const __m128i half[2] = {_mm256_castsi256_si128(levels), _mm256_extracti128_si256(levels, 1)};
+    for (int h = 0; h < 2; ++h) {
+        const __m256 s = _mm256_set1_ps(h ? s_hi : s_lo);
+        const __m128i q = half[h];
+        _mm256_storeu_ps(dst + 16 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
+        _mm256_storeu_ps(dst + 16 * h + 8,
+                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s));
+    }
+}
+
+QT_AVX2 static void q8_0_to_float_avx2(const void *src, float *dst, int64_t n) {
+    const struct block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = h2f(b[i].d);
+        store_levels_32(dst, _mm256_loadu_si256((const __m256i *)b[i].qs), d, d);
+    }
+}
+
+QT_AVX2 static void q5_0_to_float_avx2(const void *src, float *dst, int64_t n) {
+    const struct block_q5_0 *b = src;
+    for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
+        const float d = h2f(b[i].d);
+        const __m256i hi = _mm256_and_si256(expand_bits_32(b[i].qh), _mm256_set1_epi8(0x10));
+        const __m256i q =
+            _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(b[i].qs), hi), _mm256_set1_epi8(16));
+        store_levels_32(dst, q, d, d);
+    }
+}
+
+/* d1 * q - m1 for the 32 unsigned levels q (bytes of a vector): Q4_K and Q5_K's groups. */
+QT_AVX2 static void store_group_k4(float *dst, __m256i q, float d1, float m1) {
+    const __m256 d = _mm256_set1_ps(d1), m = _mm256_set1_ps(m1);
+    const __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+    for (int h = 0; h < 2; ++h)
+        for (int e = 0; e < 2; ++e) {
+            const __m128i bytes = e ? _mm_srli_si128(half[h], 8) : half[h];
+            const __m256 v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+            _mm256_storeu_ps(dst + 16 * h + 8 * e, _mm256_sub_ps(v, m));
+        }
+}
+
+QT_AVX2 static void q4_K_to_float_avx2(const void *src, float *y, int64_t n) {
+    const struct block_q4_K *b = src;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        const float d = h2f(b[i].d), min = h2f(b[i].dmin);
+        uint8_t sm[16];
+        k4_unpack_scales(b[i].scales, sm);
+        for (int j = 0; j < QK_K / 64; ++j) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));
+            store_group_k4(y + 64 * j, _mm256_and_si256(raw, low4), d * sm[2 * j],
+                           min * sm[8 + 2 * j]);
+            store_group_k4(y + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),
+                           d * sm[2 * j + 1], min * sm[8 + 2 * j + 1]);
+        }
+    }
+}
+
+QT_AVX2 static void q6_K_to_float_avx2(const void *src, float *y, int64_t n) {
+    const struct block_q6_K *b = src;
+    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = h2f(b[i].d);
+        for (int j = 0; j < QK_K / 128; ++j, y += 128) {
+            const uint8_t *ql = b[i].ql + 64 * j, *qh = b[i].qh + 32 * j;
+            const int8_t *sc = b[i].scales + 8 * j;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            for (int part = 0; part < 4; ++part) { /* q6_K_block_lanes' levels, minus 32 */
+                const __m256i lo = part & 1 ? l1 : l0;
+                const __m256i nib = part < 2 ? _mm256_and_si256(lo, low4)
+                                             : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
+                const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
+                const __m256i lv = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4)),
+                                                   _mm256_set1_epi8(32));
+                store_levels_32(y + 32 * part, lv, d * sc[2 * part], d * sc[2 * part + 1]);
+            }
+        }
+    }
+}
+
 /* Every x86 CPU with AVX2 also has F16C (Intel since Ivy Bridge, AMD since Piledriver), and
  * clang's __builtin_cpu_supports cannot name f16c, so AVX2 and FMA are what we test. */
 static int qt_cpu_has_avx2(void) {
@@ -1894,6 +1981,18 @@ static void vec_dot_q5_K_q8_K_best(int64_t n, float *out, const void *x, const v
 static void vec_dot_q6_K_q8_K_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q6_K_q8_K_avx2 : vec_dot_q6_K_q8_K)(n, out, x, y);
 }
+static void q8_0_to_float_best(const void *src, float *dst, int64_t n) {
+    (qt_cpu_has_avx2() ? q8_0_to_float_avx2 : q8_0_to_float)(src, dst, n);
+}
+static void q5_0_to_float_best(const void *src, float *dst, int64_t n) {
+    (qt_cpu_has_avx2() ? q5_0_to_float_avx2 : q5_0_to_float)(src, dst, n);
+}
+static void q4_K_to_float_best(const void *src, float *dst, int64_t n) {
+    (qt_cpu_has_avx2() ? q4_K_to_float_avx2 : q4_K_to_float)(src, dst, n);
+}
+static void q6_K_to_float_best(const void *src, float *dst, int64_t n) {
+    (qt_cpu_has_avx2() ? q6_K_to_float_avx2 : q6_K_to_float)(src, dst, n);
+}
 static void vec_dot_q4_K_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
                                    size_t y_stride, float *out, int64_t out_stride) {
     if (qt_cpu_has_avx2())
@@ -1918,6 +2017,10 @@ static void vec_dot_q4_K_tile_best(int64_t n, const void *x, size_t x_stride, co
 #define vec_dot_q4_K_q8_K_best vec_dot_q4_K_q8_K
 #define vec_dot_q5_K_q8_K_best vec_dot_q5_K_q8_K
 #define vec_dot_q6_K_q8_K_best vec_dot_q6_K_q8_K
+#define q8_0_to_float_best q8_0_to_float
+#define q5_0_to_float_best q5_0_to_float
+#define q4_K_to_float_best q4_K_to_float
+#define q6_K_to_float_best q6_K_to_float
 #endif
 
 /* ============================================================================
@@ -1968,7 +2071,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
     [QT_Q5_0] = {.name = "q5_0",
                  .blck_size = QK32,
                  .type_size = sizeof(struct block_q5_0),
-                 .to_float = q5_0_to_float,
+                 .to_float = q5_0_to_float_best,
                  .from_float = q5_0_from_float,
                  .from_float_act = q5_0_from_float,
                  .vec_dot_type = QT_Q8_0,
@@ -1984,7 +2087,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
     [QT_Q8_0] = {.name = "q8_0",
                  .blck_size = QK32,
                  .type_size = sizeof(struct block_q8_0),
-                 .to_float = q8_0_to_float,
+                 .to_float = q8_0_to_float_best,
                  .from_float = q8_0_from_float,
                  .from_float_act = q8_0_from_float_act,
                  .vec_dot_type = QT_Q8_0,
@@ -2019,7 +2122,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
     [QT_Q4_K] = {.name = "q4_K",
                  .blck_size = QK_K,
                  .type_size = sizeof(struct block_q4_K),
-                 .to_float = q4_K_to_float,
+                 .to_float = q4_K_to_float_best,
                  .from_float = q4_K_from_float,
                  .from_float_act = q4_K_from_float,
                  .vec_dot_type = QT_Q8_K,
@@ -2038,7 +2141,7 @@ static const struct qtype_traits qt_table[QT_COUNT] = {
     [QT_Q6_K] = {.name = "q6_K",
                  .blck_size = QK_K,
                  .type_size = sizeof(struct block_q6_K),
-                 .to_float = q6_K_to_float,
+                 .to_float = q6_K_to_float_best,
                  .from_float = q6_K_from_float,
                  .from_float_act = q6_K_from_float,
                  .vec_dot_type = QT_Q8_K,
@@ -2104,6 +2207,23 @@ size_t qtype_row_size(enum qtype type, int64_t n) {
     const struct qtype_traits *t = qtype_traits((uint32_t)type);
     if (!t || n < 0 || n % t->blck_size) return 0;
     return (size_t)(n / t->blck_size) * t->type_size;
+}
+
+qt_to_float_fn qtype_to_float_scalar(uint32_t type) {
+    switch (type) {
+    case QT_Q8_0:
+        return q8_0_to_float;
+    case QT_Q5_0:
+        return q5_0_to_float;
+    case QT_Q4_K:
+        return q4_K_to_float;
+    case QT_Q6_K:
+        return q6_K_to_float;
+    default: {
+        const struct qtype_traits *t = qtype_traits(type);
+        return t ? t->to_float : NULL;
+    }
+    }
 }
 
 qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type) {

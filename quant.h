@@ -71,6 +71,8 @@ size_t qtype_row_size(enum qtype type, int64_t n);
 /* The portable C kernel of a type's vec_dot (traits' vec_dot may pick an AVX2 one at run
  * time); for tests and for comparing paths. NULL where traits' vec_dot is NULL. */
 qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type);
+/* The same for to_float (the AVX2 dequantizers give the same bits; tests check it). */
+qt_to_float_fn qtype_to_float_scalar(uint32_t type);
 /* 1 when traits' vec_dot uses the AVX2+FMA kernels on this CPU, 0 for portable C only. */
 int qtype_simd_level(void);
 

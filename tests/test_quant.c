@@ -535,6 +535,45 @@ static void test_simd_vs_scalar(void) {
     }
 }
 
+/* AVX2 dequantization against the portable loops on raw random blocks (every level and
+ * scale pattern, finite or not): the same bits, or NaN for both. The dequantized weights feed
+ * the sgemm path and the GPU upload, which must not depend on the CPU they ran on. */
+static void test_to_float_simd(void) {
+    if (!qtype_simd_level()) {
+        test_skip("quant_to_float_simd", "no AVX2+FMA on this CPU (or not an x86 build)");
+        return;
+    }
+    for (enum qtype type = 0; type < QT_COUNT; ++type) {
+        const struct qtype_traits *tr = qtype_traits(type);
+        if (!tr || !tr->to_float || tr->to_float == qtype_to_float_scalar(type)) continue;
+        const int64_t n = tr->blck_size * 24;
+        const size_t bytes = qtype_row_size(type, n);
+        uint8_t *blocks = xmalloc(bytes);
+        float *simd = xmalloc((size_t)n * sizeof(float)), *scal = xmalloc((size_t)n * sizeof(float));
+        int bad = -1;
+        for (int trial = 0; trial < 50 && bad < 0; ++trial) {
+            for (size_t i = 0; i < bytes; ++i) blocks[i] = (uint8_t)(rng_uniform() * 256);
+            if (trial % 2) /* finite f16 scales: clear the top bit of the exponent's low ones */
+                for (size_t b = 0; b < bytes; b += tr->type_size) {
+                    blocks[b + (type == QT_Q6_K ? tr->type_size - 1 : 1)] &= 0x7b; /* d */
+                    if (type == QT_Q4_K) blocks[b + 3] &= 0x7b;                 /* dmin */
+                }
+            tr->to_float(blocks, simd, n);
+            qtype_to_float_scalar(type)(blocks, scal, n);
+            for (int64_t i = 0; i < n && bad < 0; ++i)
+                if (memcmp(&simd[i], &scal[i], sizeof(float)) && !(isnan(simd[i]) && isnan(scal[i])))
+                    bad = (int)i;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "quant_to_float_simd_%s", tr->name);
+        test_report(name, bad < 0, "50 rows of %lld raw random values: %s", (long long)n,
+                    bad < 0 ? "same bits" : "differ");
+        free(blocks);
+        free(simd);
+        free(scal);
+    }
+}
+
 /* Tile kernels (several rows times several activation rows at once) against vec_dot pair by
  * pair: every output must be the same bits, since the products feed the activations that
  * later layers quantize. */
@@ -666,6 +705,7 @@ int main(void) {
     test_degenerate_blocks();
     test_vec_dot();
     test_simd_vs_scalar();
+    test_to_float_simd();
     test_tiles();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
