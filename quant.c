@@ -1419,8 +1419,8 @@ static void q8_K_from_float(const float *x, void *dst, int64_t n) {
 #define QT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif
 
-/* Q8_0's tile: weights used for 4 tokens, activations for 2 rows, 8 accumulators. Q4_K's:
- * one row's nibbles and scales unpacked once for 4 tokens. */
+/* Q8_0's tile: weights used for 4 tokens, activations for 2 rows, 8 accumulators. Q4_K's and
+ * Q5_0's: one row's levels and scales unpacked once for 4 tokens. */
 enum { Q8_0_TILE_ROWS = 2, Q8_0_TILE_TOKS = 4, Q4_K_TILE_TOKS = 4, Q5_0_TILE_TOKS = 4 };
 
 #if QT_HAVE_AVX2_KERNELS
@@ -1578,6 +1578,12 @@ QT_AVX2 static void vec_dot_q5_1_q8_1_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
+/* Q5_0's 32 levels as int8: nibble + 16 * high bit - 16. */
+QT_AVX2 static __m256i q5_0_levels(const struct block_q5_0 *b) {
+    const __m256i hi = _mm256_and_si256(expand_bits_32(b->qh), _mm256_set1_epi8(0x10));
+    return _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(b->qs), hi), _mm256_set1_epi8(16));
+}
+
 /* Q5_0 in the portable kernel's lanes: levels nibble + 16 * high bit - 16 as int8, quads of
  * products per lane, fma with dx * dy. */
 QT_AVX2 static void vec_dot_q5_0_q8_0_avx2(int64_t n, float *out, const void *vx, const void *vy) {
@@ -1587,9 +1593,7 @@ QT_AVX2 static void vec_dot_q5_0_q8_0_avx2(int64_t n, float *out, const void *vx
     for (int64_t i = 0; i < n / QK32; ++i) {
         prefetch_ahead(&x[i]);
         const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
-        const __m256i hi = _mm256_and_si256(expand_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
-        const __m256i qx =
-            _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(x[i].qs), hi), _mm256_set1_epi8(16));
+        const __m256i qx = q5_0_levels(&x[i]);
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8x32(qx, qy)), acc);
     }
@@ -1609,17 +1613,15 @@ QT_AVX2 static void vec_dot_q5_0_tile_avx2(int64_t n, const void *vx, size_t x_s
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     for (int64_t i = 0; i < n / QK32; ++i) {
         const float dx = h2f(x[i].d);
-        const __m256i hi = _mm256_and_si256(expand_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
-        const __m256i qx =
-            _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(x[i].qs), hi), _mm256_set1_epi8(16));
+        const __m256i qx = q5_0_levels(&x[i]);
         const __m256i ax = _mm256_sign_epi8(qx, qx);
-#define Q5_0_PAIR(t)                                                                           \
-    {                                                                                          \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);                    \
-        const __m256i p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));                \
-        const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));                      \
-        acc##t = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y[t][i].d)), _mm256_cvtepi32_ps(p32),  \
-                                 acc##t);                                                      \
+#define Q5_0_PAIR(t)                                                                               \
+    {                                                                                              \
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);                        \
+        const __m256i p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));                    \
+        const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));                          \
+        acc##t =                                                                                   \
+            _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y[t][i].d)), _mm256_cvtepi32_ps(p32), acc##t); \
     }
         Q5_0_PAIR(0) Q5_0_PAIR(1) Q5_0_PAIR(2) Q5_0_PAIR(3)
 #undef Q5_0_PAIR
@@ -1837,11 +1839,21 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
+/* Values 32 * part .. 32 * part + 31 of a 128-value half of a Q6_K block as unsigned levels
+ * (0..63): 4 low bits from ql (l0 = ql[0..31], l1 = ql[32..63]), 2 high bits from qh. */
+QT_AVX2 static __m256i q6_K_part_levels(__m256i l0, __m256i l1, __m256i h, int part) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    const __m256i lo = part & 1 ? l1 : l0;
+    const __m256i nib =
+        part < 2 ? _mm256_and_si256(lo, low4) : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
+    const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
+    return _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
+}
+
 /* Q6_K in registers: 4 low bits from ql, 2 high bits from qh, 128 values per step; each
  * 32-value run times the activations (pairs by maddubs), then quads times the two 16-value
  * group scales, so int32 lane k holds values 4k..4k+3, as k_lanes defines. */
 QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t *q8) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < QK_K / 128; ++j) {
         const uint8_t *ql = x->ql + 64 * j, *qh = x->qh + 32 * j;
@@ -1851,11 +1863,7 @@ QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t
         const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
         const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
         for (int part = 0; part < 4; ++part) {
-            const __m256i lo = part & 1 ? l1 : l0;
-            const __m256i nib = part < 2 ? _mm256_and_si256(lo, low4)
-                                         : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
-            const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
-            const __m256i lv = _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
+            const __m256i lv = q6_K_part_levels(l0, l1, h, part);
             const __m256i p16 = _mm256_maddubs_epi16(
                 lv, _mm256_loadu_si256((const __m256i *)(q8 + 128 * j + 32 * part)));
             sumi = _mm256_add_epi32(
@@ -1892,9 +1900,11 @@ QT_AVX2 static void store_levels_32(float *dst, __m256i levels, float s_lo, floa
     for (int h = 0; h < 2; ++h) {
         const __m256 s = _mm256_set1_ps(h ? s_hi : s_lo);
         const __m128i q = half[h];
-        _mm256_storeu_ps(dst + 16 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
-        _mm256_storeu_ps(dst + 16 * h + 8,
-                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s));
+        _mm256_storeu_ps(dst + 16 * h,
+                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
+        _mm256_storeu_ps(
+            dst + 16 * h + 8,
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s));
     }
 }
 
@@ -1910,14 +1920,11 @@ QT_AVX2 static void q5_0_to_float_avx2(const void *src, float *dst, int64_t n) {
     const struct block_q5_0 *b = src;
     for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
         const float d = h2f(b[i].d);
-        const __m256i hi = _mm256_and_si256(expand_bits_32(b[i].qh), _mm256_set1_epi8(0x10));
-        const __m256i q =
-            _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(b[i].qs), hi), _mm256_set1_epi8(16));
-        store_levels_32(dst, q, d, d);
+        store_levels_32(dst, q5_0_levels(&b[i]), d, d);
     }
 }
 
-/* d1 * q - m1 for the 32 unsigned levels q (bytes of a vector): Q4_K and Q5_K's groups. */
+/* d1 * q - m1 for the 32 unsigned levels q (bytes of a vector): a group of Q4_K. */
 QT_AVX2 static void store_group_k4(float *dst, __m256i q, float d1, float m1) {
     const __m256 d = _mm256_set1_ps(d1), m = _mm256_set1_ps(m1);
     const __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
@@ -1948,7 +1955,6 @@ QT_AVX2 static void q4_K_to_float_avx2(const void *src, float *y, int64_t n) {
 
 QT_AVX2 static void q6_K_to_float_avx2(const void *src, float *y, int64_t n) {
     const struct block_q6_K *b = src;
-    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = h2f(b[i].d);
         for (int j = 0; j < QK_K / 128; ++j, y += 128) {
@@ -1957,13 +1963,9 @@ QT_AVX2 static void q6_K_to_float_avx2(const void *src, float *y, int64_t n) {
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-            for (int part = 0; part < 4; ++part) { /* q6_K_block_lanes' levels, minus 32 */
-                const __m256i lo = part & 1 ? l1 : l0;
-                const __m256i nib = part < 2 ? _mm256_and_si256(lo, low4)
-                                             : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
-                const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
-                const __m256i lv = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4)),
-                                                   _mm256_set1_epi8(32));
+            for (int part = 0; part < 4; ++part) {
+                const __m256i lv =
+                    _mm256_sub_epi8(q6_K_part_levels(l0, l1, h, part), _mm256_set1_epi8(32));
                 store_levels_32(y + 32 * part, lv, d * sc[2 * part], d * sc[2 * part + 1]);
             }
         }

@@ -549,19 +549,21 @@ static void test_to_float_simd(void) {
         const int64_t n = tr->blck_size * 24;
         const size_t bytes = qtype_row_size(type, n);
         uint8_t *blocks = xmalloc(bytes);
-        float *simd = xmalloc((size_t)n * sizeof(float)), *scal = xmalloc((size_t)n * sizeof(float));
+        float *simd = xmalloc((size_t)n * sizeof(float)),
+              *scal = xmalloc((size_t)n * sizeof(float));
         int bad = -1;
         for (int trial = 0; trial < 50 && bad < 0; ++trial) {
             for (size_t i = 0; i < bytes; ++i) blocks[i] = (uint8_t)(rng_uniform() * 256);
-            if (trial % 2) /* finite f16 scales: clear the top bit of the exponent's low ones */
+            if (trial % 2) /* finite f16 scales: an exponent with its lowest bit clear is not 31 */
                 for (size_t b = 0; b < bytes; b += tr->type_size) {
                     blocks[b + (type == QT_Q6_K ? tr->type_size - 1 : 1)] &= 0x7b; /* d */
-                    if (type == QT_Q4_K) blocks[b + 3] &= 0x7b;                 /* dmin */
+                    if (type == QT_Q4_K) blocks[b + 3] &= 0x7b;                    /* dmin */
                 }
             tr->to_float(blocks, simd, n);
             qtype_to_float_scalar(type)(blocks, scal, n);
             for (int64_t i = 0; i < n && bad < 0; ++i)
-                if (memcmp(&simd[i], &scal[i], sizeof(float)) && !(isnan(simd[i]) && isnan(scal[i])))
+                if (memcmp(&simd[i], &scal[i], sizeof(float)) &&
+                    !(isnan(simd[i]) && isnan(scal[i])))
                     bad = (int)i;
         }
         char name[64];
