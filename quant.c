@@ -1601,7 +1601,7 @@ QT_AVX2 static void vec_dot_q5_0_q8_0_avx2(int64_t n, float *out, const void *vx
 }
 
 /* vec_dot_q5_0_q8_0_avx2 for one row and Q5_0_TILE_TOKS activation rows: the same steps and
- * order for every pair, with the row's unpacking (a third of the work) shared. */
+ * order for every pair, with the row's unpacking (about half of a pair's instructions) shared. */
 QT_AVX2 static void vec_dot_q5_0_tile_avx2(int64_t n, const void *vx, size_t x_stride,
                                            const void *vy, size_t y_stride, float *out,
                                            int64_t out_stride) {
