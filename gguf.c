@@ -389,6 +389,21 @@ static const char *read_whole(int fd, uint64_t size, uint8_t **out) {
     return NULL;
 }
 
+/* mmap's flags for `hold`, which loses GGUF_POPULATE where it is not done. A file larger than
+ * three quarters of RAM is not populated: reading it all at open would only drop its start
+ * again (the rest of RAM is for the KV cache and other work). */
+static int map_flags(int *hold, uint64_t size) {
+#ifdef MAP_POPULATE
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if ((*hold & GGUF_POPULATE) && pages > 0 && page > 0 &&
+        size <= (uint64_t)pages / 4 * 3 * (uint64_t)page)
+        return MAP_PRIVATE | MAP_POPULATE;
+#endif
+    (void)size;
+    *hold &= ~GGUF_POPULATE;
+    return MAP_PRIVATE;
+}
+
 static int map_file(struct gguf_file *f, const char *path, int hold) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return err_set("gguf: %s: cannot open: %s", path, strerror(errno)), -1;
@@ -403,9 +418,10 @@ static int map_file(struct gguf_file *f, const char *path, int hold) {
     if (!why) {
         f->size = (uint64_t)st.st_size;
         if (hold & GGUF_READ) {
+            hold &= ~GGUF_POPULATE;
             why = read_whole(fd, f->size, &f->map);
         } else {
-            void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+            void *m = mmap(NULL, (size_t)f->size, PROT_READ, map_flags(&hold, f->size), fd, 0);
             if (m == MAP_FAILED)
                 why = strerror(errno);
             else

@@ -71,8 +71,11 @@ struct gguf_file {
  * dropped under memory pressure and read again. GGUF_READ: read once into anonymous memory,
  * which the kernel does not evict as cache (VMs that reclaim idle file pages slow a mapped
  * model down). GGUF_LOCK: mlock the bytes into RAM; when the lock limit refuses, the file is
- * still usable and lock_errno says why (the caller warns). */
-enum gguf_hold { GGUF_MAP = 0, GGUF_LOCK = 1, GGUF_READ = 2 };
+ * still usable and lock_errno says why (the caller warns). GGUF_POPULATE, with a mapping of a
+ * file that fits in RAM: read the file and fill the page tables at open (MAP_POPULATE, as
+ * llama.cpp maps), rather than fault page by page as the first pass over the weights touches
+ * them; `hold` keeps the flag only where it was done. */
+enum gguf_hold { GGUF_MAP = 0, GGUF_LOCK = 1, GGUF_READ = 2, GGUF_POPULATE = 4 };
 
 /* Maps and validates the whole file: every count, length, type, offset and size is checked
  * against the file length. On error returns -1 with err_get() naming path and problem, and

@@ -485,13 +485,10 @@ void load_summary(const struct model *m, const struct options *o, double secs) {
     }
     char backend[400];
     model_backend_text(m, backend, sizeof backend);
-    const char *held = m->file.hold & GGUF_LOCK   ? " locked in RAM"
-                       : m->file.hold & GGUF_READ ? " read into RAM"
-                                                  : "";
     fprintf(stderr, "moerun: %s: %s, %s params%s, %s%s, %u layers, ctx %d, %s, loaded in %.2f s\n",
             m->file.path, m->arch_name, params, active,
-            human_bytes((double)m->file.size, size, sizeof size), held, m->hp.n_layer, m->n_ctx,
-            backend, secs);
+            human_bytes((double)m->file.size, size, sizeof size), hold_text(m), m->hp.n_layer,
+            m->n_ctx, backend, secs);
 }
 
 /* Loads and prepares the model; the caller prints the summary once the input is known good,
@@ -810,6 +807,7 @@ static int cmd_chat(struct options *o) {
         .no_history = o->no_history,
         .verbosity = o->verbosity,
         .think_mode = o->think_mode,
+        .hold = o->hold,
         .gpu = o->gpu,
     };
     return repl_run(&cfg);

@@ -679,8 +679,6 @@ static void prepare_layers(struct model *m) {
     }
 }
 
-int model_load(struct model *m, const char *path) { return model_load_hold(m, path, GGUF_MAP); }
-
 const char *const hold_usage =
     "      --mlock            lock the weights in RAM (never paged out or dropped)\n"
     "      --no-mmap          read the weights into memory instead of mapping the file\n"
@@ -690,6 +688,12 @@ int hold_option(int *hold, const char *flag) {
     if (!strcmp(flag, "--mlock")) return *hold |= GGUF_LOCK, 1;
     if (!strcmp(flag, "--no-mmap")) return *hold |= GGUF_READ, 1;
     return 0;
+}
+
+const char *hold_text(const struct model *m) {
+    return m->file.hold & GGUF_LOCK   ? " locked in RAM"
+           : m->file.hold & GGUF_READ ? " read into RAM"
+                                      : "";
 }
 
 void hold_warn(const struct model *m, const char *cmd) {
@@ -705,7 +709,7 @@ void hold_warn(const struct model *m, const char *cmd) {
             limit);
 }
 
-int model_load_hold(struct model *m, const char *path, int hold) {
+static int load_held(struct model *m, const char *path, int hold) {
     memset(m, 0, sizeof *m);
     if (gguf_open_hold(&m->file, path, hold) < 0) return -1;
     if (find_arch(m) < 0 || read_hparams(m) < 0) goto fail;
@@ -718,6 +722,12 @@ int model_load_hold(struct model *m, const char *path, int hold) {
 fail:
     model_free(m);
     return -1;
+}
+
+int model_load(struct model *m, const char *path) { return load_held(m, path, GGUF_MAP); }
+
+int model_load_hold(struct model *m, const char *path, int hold) {
+    return load_held(m, path, hold & GGUF_READ ? hold : hold | GGUF_POPULATE);
 }
 
 uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size) {

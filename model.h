@@ -167,12 +167,15 @@ struct model_params {
 /* Maps the file, reads hyper-parameters, binds and checks every tensor, loads the tokenizer.
  * On error returns -1 with err_get() naming the file and the problem; nothing to free. */
 int model_load(struct model *m, const char *path);
-/* The same with the file's bytes held as `hold` (enum gguf_hold flags) says. */
+/* The same for computing with the weights: the file's bytes held as `hold` (enum gguf_hold
+ * flags) says, a mapping populated at load (GGUF_POPULATE) where the file fits in RAM. */
 int model_load_hold(struct model *m, const char *path, int hold);
 /* --mlock and --no-mmap, shared by the commands that load weights: 1 when `flag` is one
  * (hold updated), else 0. hold_warn prints the one warning line when the lock was refused. */
 extern const char *const hold_usage;
 int hold_option(int *hold, const char *flag);
+/* " locked in RAM", " read into RAM" or "" for a load summary. */
+const char *hold_text(const struct model *m);
 void hold_warn(const struct model *m, const char *cmd);
 /* Allocates the KV cache and scratch and starts the thread pool. */
 int model_init(struct model *m, const struct model_params *p);

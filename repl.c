@@ -1198,11 +1198,11 @@ static void load_summary(const struct repl *r, double secs) {
     if (r->cfg->verbosity < 1) return;
     double mib = (double)r->m.file.size / (1024.0 * 1024.0);
     fprintf(stderr,
-            "moerun chat: %s: %s, %.2fM params (%.2fM active), %.2f %s, cpu %d threads%s, ctx "
+            "moerun chat: %s: %s, %.2fM params (%.2fM active), %.2f %s%s, cpu %d threads%s, ctx "
             "%d, template %s, loaded in %.2f s\n",
             r->m.file.path, r->m.arch_name, (double)r->m.n_params / 1e6,
             (double)r->m.n_params_active / 1e6, mib >= 1024 ? mib / 1024 : mib,
-            mib >= 1024 ? "GiB" : "MiB", cpu_n_threads(r->m.cpu),
+            mib >= 1024 ? "GiB" : "MiB", hold_text(&r->m), cpu_n_threads(r->m.cpu),
             cpu_has_blas() ? " + OpenBLAS" : "", r->m.n_ctx, chat_family_name(r->fam), secs);
 }
 
@@ -1223,11 +1223,12 @@ static int repl_open(struct repl *r, const struct repl_config *cfg) {
     int loading_line = r->tty_err && cfg->verbosity >= 1;
     if (loading_line) fprintf(stderr, "loading %s ...", cfg->model_path), fflush(stderr);
     double t0 = time_now();
-    int rc = model_load(&r->m, cfg->model_path);
+    int rc = model_load_hold(&r->m, cfg->model_path, cfg->hold);
     struct model_params mp = {.n_ctx = cfg->n_ctx, .n_threads = cfg->n_threads, .gpu = cfg->gpu};
     if (rc == 0 && model_init(&r->m, &mp) < 0) model_free(&r->m), rc = -1;
     if (loading_line) fputs("\r\033[K", stderr);
     if (rc < 0) return -1;
+    if (cfg->verbosity >= 1) hold_warn(&r->m, "chat");
     r->sp = cfg->sp;
     if (!cfg->seed_given) r->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     r->smp = pick_family(r) < 0 ? NULL : sampler_new(&r->sp, (int32_t)r->m.hp.n_vocab);

@@ -19,6 +19,7 @@ struct repl_config {
     int no_history;            /* 1: no history file is read or written */
     int verbosity;             /* 0 quiet, 1 normal, 2 verbose */
     int think_mode;            /* enum repl_think */
+    int hold;                  /* enum gguf_hold: --mlock, --no-mmap */
     struct gpu_params gpu;
 };
 

@@ -156,6 +156,12 @@ check "--no-mmap: the load summary says the weights were read into RAM" $? "$(ca
 "$BIN" run "$T" -p "In the" -n 4 --temp 0 --mlock 2>"$tmp/err" >/dev/null
 grep -q "6.74 MiB locked in RAM, 4 layers" "$tmp/err"
 check "--mlock: the load summary says the weights are locked" $? "$(cat "$tmp/err")"
+printf 'In the\n' | "$BIN" chat "$T" --temp 0 --no-mmap 2>"$tmp/err" >/dev/null &&
+    grep -q "^moerun chat: .*6.74 MiB read into RAM, cpu" "$tmp/err"
+check "chat --no-mmap: the load summary says the weights were read into RAM" $? "$(cat "$tmp/err")"
+printf 'In the\n' | "$BIN" chat "$T" --temp 0 --mlock 2>"$tmp/err" >/dev/null &&
+    grep -q "^moerun chat: .*6.74 MiB locked in RAM, cpu" "$tmp/err"
+check "chat --mlock: the load summary says the weights are locked" $? "$(cat "$tmp/err")"
 # A refused lock (RLIMIT_MEMLOCK, and for root no CAP_IPC_LOCK) is one warning, not a failure.
 if ldd "$BIN" 2>/dev/null | grep -q 'lib[at]san'; then
     echo "SKIP --mlock refused: the sanitizer runtime turns mlock into a no-op that succeeds"

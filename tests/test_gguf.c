@@ -390,6 +390,60 @@ static int check_small_tensors(const struct gguf_file *f) {
     return 1;
 }
 
+/* KiB of the mapping that holds `addr` in this process's page tables (smaps' Rss), or -1. */
+static long mapped_rss_kib(const void *addr) {
+    FILE *fp = fopen("/proc/self/smaps", "r");
+    if (!fp) return -1;
+    char line[512];
+    int in = 0;
+    long rss = -1;
+    while (rss < 0 && fgets(line, sizeof line, fp)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+            in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+        else if (in && sscanf(line, "Rss: %ld kB", &rss) == 1)
+            break;
+    }
+    fclose(fp);
+    return rss;
+}
+
+/* GGUF_POPULATE fills the page tables at open: an 8 MiB tensor nobody has read is resident in
+ * the mapping; without it only the pages parsing touched are, and --no-mmap drops the flag. */
+static void test_populate(void) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/populate.gguf", tmpdir);
+    enum { N = 2 << 20 };
+    float *big = xcalloc(N, sizeof *big);
+    int64_t ne[1] = {N};
+    struct gguf_writer *w = gguf_writer_new();
+    gguf_add_tensor(w, "big", QT_F32, 1, ne, big, (uint64_t)N * sizeof *big);
+    int rc = gguf_writer_write(w, path);
+    gguf_writer_free(w);
+    free(big);
+    struct gguf_file lazy, full, read;
+    if (rc || gguf_open_hold(&lazy, path, GGUF_MAP))
+        return (void)test_report("gguf_populate", 0, "%s", err_get());
+    if (gguf_open_hold(&full, path, GGUF_POPULATE)) {
+        gguf_close(&lazy);
+        return (void)test_report("gguf_populate", 0, "%s", err_get());
+    }
+    if (gguf_open_hold(&read, path, GGUF_READ | GGUF_POPULATE)) {
+        gguf_close(&lazy), gguf_close(&full);
+        return (void)test_report("gguf_populate", 0, "%s", err_get());
+    }
+    long lazy_kib = mapped_rss_kib(lazy.map), full_kib = mapped_rss_kib(full.map);
+    test_report("gguf_populate",
+                lazy_kib >= 0 && lazy_kib < 1024 && full_kib >= 8192 &&
+                    (full.hold & GGUF_POPULATE) && !(lazy.hold & GGUF_POPULATE) &&
+                    !(read.hold & GGUF_POPULATE) && (read.hold & GGUF_READ),
+                "8 MiB tensor: %ld KiB resident mapped lazily, %ld KiB populated; hold flags "
+                "%d, %d, --no-mmap %d",
+                lazy_kib, full_kib, lazy.hold, full.hold, read.hold);
+    gguf_close(&lazy), gguf_close(&full), gguf_close(&read);
+    unlink(path);
+}
+
 static void test_writer_types(void) {
     char path[256];
     snprintf(path, sizeof path, "%s/types.gguf", tmpdir);
@@ -792,6 +846,7 @@ int main(void) {
     test_round_trip(root, "compat/deepseek2-v3/deepseek2-v3-Q4_K_M.gguf", 1, 0);
     test_round_trip(root, "vocab/ggml-vocab-llama-bpe.gguf", 0, 1);
     test_writer_types();
+    test_populate();
     test_writer_failures();
     test_malformed();
     test_fuzz_small();
