@@ -196,7 +196,6 @@ struct matmul_job {
     int64_t row_end[CPU_MAX_PRODUCTS]; /* running total of output rows */
     int64_t tok_end[CPU_MAX_PRODUCTS]; /* running total of input rows */
     atomic_llong next_row;             /* the next unit of row_end's running total to take */
-    int64_t chunk_rows;
 };
 
 static const uint8_t *activation(const struct matmul_job *j, int i, int t) {
@@ -267,17 +266,25 @@ static void product_rows(const struct matmul_job *j, int i, int64_t r0, int64_t 
     product_pairs(j, i, r0, tiled_end, tiled_toks); /* tokens left over */
 }
 
+/* About ROW_CHUNKS_PER_THREAD chunks per thread, a multiple of 4 rows (whole tiles). */
+enum { ROW_CHUNKS_PER_THREAD = 6 };
+static int64_t pick_chunk_rows(int64_t total, int nth) {
+    int64_t chunk = total / ((int64_t)nth * ROW_CHUNKS_PER_THREAD);
+    chunk = (chunk + 3) / 4 * 4;
+    return chunk < 16 ? 16 : chunk;
+}
+
 /* Threads take chunks of rows from a shared counter rather than fixed halves: on a shared VM
  * one core often runs slower than the other for a while, and a fixed split leaves the fast
  * one waiting at the barrier. */
 static void matmul_rows_quantized(void *arg, int ith, int nth) {
-    (void)ith, (void)nth;
+    (void)ith;
     struct matmul_job *j = arg;
-    const int64_t total = j->row_end[j->n - 1];
+    const int64_t total = j->row_end[j->n - 1], chunk = pick_chunk_rows(total, nth);
     for (;;) {
-        int64_t lo = atomic_fetch_add_explicit(&j->next_row, j->chunk_rows, memory_order_relaxed);
+        int64_t lo = atomic_fetch_add_explicit(&j->next_row, chunk, memory_order_relaxed);
         if (lo >= total) return;
-        int64_t hi = lo + j->chunk_rows < total ? lo + j->chunk_rows : total;
+        int64_t hi = lo + chunk < total ? lo + chunk : total;
         while (lo < hi) {
             int i = product_of(j->row_end, j->n, lo);
             int64_t base = i ? j->row_end[i - 1] : 0;
@@ -286,14 +293,6 @@ static void matmul_rows_quantized(void *arg, int ith, int nth) {
             lo = end;
         }
     }
-}
-
-/* About ROW_CHUNKS_PER_THREAD chunks per thread, a multiple of 4 rows (whole tiles). */
-enum { ROW_CHUNKS_PER_THREAD = 6 };
-static int64_t pick_chunk_rows(int64_t total, int nth) {
-    int64_t chunk = total / ((int64_t)nth * ROW_CHUNKS_PER_THREAD);
-    chunk = (chunk + 3) / 4 * 4;
-    return chunk < 16 ? 16 : chunk;
 }
 
 #ifdef MOERUN_BLAS
@@ -413,7 +412,6 @@ void cpu_matmul_many(struct cpu_ctx *c, const struct cpu_product *p, int n) {
         die("activations of %zu bytes exceed the %zu sized at load", act_bytes, c->act_bytes);
     if (act_bytes) cpu_parallel(c, quantize_activations, &j);
     atomic_store(&j.next_row, 0);
-    j.chunk_rows = pick_chunk_rows(j.row_end[j.n - 1], c->n_threads);
     cpu_parallel(c, matmul_rows_quantized, &j);
 }
 

@@ -727,7 +727,7 @@ fail:
 int model_load(struct model *m, const char *path) { return load_held(m, path, GGUF_MAP); }
 
 int model_load_hold(struct model *m, const char *path, int hold) {
-    return load_held(m, path, hold & GGUF_READ ? hold : hold | GGUF_POPULATE);
+    return load_held(m, path, hold | GGUF_POPULATE); /* gguf drops it where it does not apply */
 }
 
 uint64_t model_kv_bytes_per_token(const struct model *m, int elem_size) {

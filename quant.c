@@ -1453,12 +1453,15 @@ QT_AVX2 static inline void prefetch_block(const void *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) prefetch_ahead((const uint8_t *)p + o);
 }
 
-/* Signed int8 x int8 products summed in pairs then quads into 8 int32 lanes. */
-QT_AVX2 static __m256i dot_i8x32(__m256i x, __m256i y) {
-    const __m256i ax = _mm256_sign_epi8(x, x);
-    const __m256i sy = _mm256_sign_epi8(y, x);
-    const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
+/* Signed int8 x int8 products summed in pairs then quads into 8 int32 lanes, with |x| (ax)
+ * given: a tile forms it once for several y. */
+QT_AVX2 static __m256i dot_i8x32_abs(__m256i ax, __m256i x, __m256i y) {
+    const __m256i p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
     return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+QT_AVX2 static __m256i dot_i8x32(__m256i x, __m256i y) {
+    return dot_i8x32_abs(_mm256_sign_epi8(x, x), x, y);
 }
 
 QT_AVX2 static __m256i unpack_nibbles_32(const uint8_t *p) {
@@ -1502,9 +1505,8 @@ QT_AVX2 static void vec_dot_q8_0_tile_avx2(int64_t n, const void *vx, size_t x_s
         for (int t = 0; t < Q8_0_TILE_TOKS; t++) {
             const __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
             const float dy = h2f(y[t][i].d);
-            for (int r = 0; r < Q8_0_TILE_ROWS; r++) { /* dot_i8x32's steps, pair by pair */
-                const __m256i p16 = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(qy, qx[r]));
-                const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+            for (int r = 0; r < Q8_0_TILE_ROWS; r++) {
+                const __m256i p32 = dot_i8x32_abs(ax[r], qx[r], qy);
                 acc[r][t] =
                     _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), _mm256_cvtepi32_ps(p32), acc[r][t]);
             }
@@ -1618,8 +1620,7 @@ QT_AVX2 static void vec_dot_q5_0_tile_avx2(int64_t n, const void *vx, size_t x_s
 #define Q5_0_PAIR(t)                                                                               \
     {                                                                                              \
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);                        \
-        const __m256i p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));                    \
-        const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));                          \
+        const __m256i p32 = dot_i8x32_abs(ax, qx, qy);                                             \
         acc##t =                                                                                   \
             _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y[t][i].d)), _mm256_cvtepi32_ps(p32), acc##t); \
     }
@@ -1894,17 +1895,18 @@ QT_AVX2 static void vec_dot_q6_K_q8_K_avx2(int64_t n, float *out, const void *vx
 /* ---- dequantization: the portable loops' products, 8 lanes at a time (an int converts to
  * float exactly, and each output is the same one or two roundings, so the same bits) ---- */
 
-/* 32 int8 levels: the first 16 times s_lo, the last 16 times s_hi, as floats. */
-QT_AVX2 static void store_levels_32(float *dst, __m256i levels, float s_lo, float s_hi) {
+/* 32 int8 levels as floats: level * s - m, s_lo for the first 16 and s_hi for the last 16.
+ * m = 0 (the types without a min) leaves the product's bits as they are. */
+QT_AVX2 static void store_levels_32(float *dst, __m256i levels, float s_lo, float s_hi, float m) {
     const __m128i half[2] = {_mm256_castsi256_si128(levels), _mm256_extracti128_si256(levels, 1)};
+    const __m256 mv = _mm256_set1_ps(m);
     for (int h = 0; h < 2; ++h) {
         const __m256 s = _mm256_set1_ps(h ? s_hi : s_lo);
-        const __m128i q = half[h];
-        _mm256_storeu_ps(dst + 16 * h,
-                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
-        _mm256_storeu_ps(
-            dst + 16 * h + 8,
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s));
+        for (int e = 0; e < 2; ++e) {
+            const __m128i bytes = e ? _mm_srli_si128(half[h], 8) : half[h];
+            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s);
+            _mm256_storeu_ps(dst + 16 * h + 8 * e, _mm256_sub_ps(v, mv));
+        }
     }
 }
 
@@ -1912,7 +1914,7 @@ QT_AVX2 static void q8_0_to_float_avx2(const void *src, float *dst, int64_t n) {
     const struct block_q8_0 *b = src;
     for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
         const float d = h2f(b[i].d);
-        store_levels_32(dst, _mm256_loadu_si256((const __m256i *)b[i].qs), d, d);
+        store_levels_32(dst, _mm256_loadu_si256((const __m256i *)b[i].qs), d, d, 0);
     }
 }
 
@@ -1920,20 +1922,8 @@ QT_AVX2 static void q5_0_to_float_avx2(const void *src, float *dst, int64_t n) {
     const struct block_q5_0 *b = src;
     for (int64_t i = 0; i < n / QK32; ++i, dst += QK32) {
         const float d = h2f(b[i].d);
-        store_levels_32(dst, q5_0_levels(&b[i]), d, d);
+        store_levels_32(dst, q5_0_levels(&b[i]), d, d, 0);
     }
-}
-
-/* d1 * q - m1 for the 32 unsigned levels q (bytes of a vector): a group of Q4_K. */
-QT_AVX2 static void store_group_k4(float *dst, __m256i q, float d1, float m1) {
-    const __m256 d = _mm256_set1_ps(d1), m = _mm256_set1_ps(m1);
-    const __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
-    for (int h = 0; h < 2; ++h)
-        for (int e = 0; e < 2; ++e) {
-            const __m128i bytes = e ? _mm_srli_si128(half[h], 8) : half[h];
-            const __m256 v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
-            _mm256_storeu_ps(dst + 16 * h + 8 * e, _mm256_sub_ps(v, m));
-        }
 }
 
 QT_AVX2 static void q4_K_to_float_avx2(const void *src, float *y, int64_t n) {
@@ -1945,10 +1935,10 @@ QT_AVX2 static void q4_K_to_float_avx2(const void *src, float *y, int64_t n) {
         k4_unpack_scales(b[i].scales, sm);
         for (int j = 0; j < QK_K / 64; ++j) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));
-            store_group_k4(y + 64 * j, _mm256_and_si256(raw, low4), d * sm[2 * j],
-                           min * sm[8 + 2 * j]);
-            store_group_k4(y + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),
-                           d * sm[2 * j + 1], min * sm[8 + 2 * j + 1]);
+            const float d1 = d * sm[2 * j], d2 = d * sm[2 * j + 1];
+            store_levels_32(y + 64 * j, _mm256_and_si256(raw, low4), d1, d1, min * sm[8 + 2 * j]);
+            store_levels_32(y + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), d2,
+                            d2, min * sm[8 + 2 * j + 1]);
         }
     }
 }
@@ -1966,7 +1956,7 @@ QT_AVX2 static void q6_K_to_float_avx2(const void *src, float *y, int64_t n) {
             for (int part = 0; part < 4; ++part) {
                 const __m256i lv =
                     _mm256_sub_epi8(q6_K_part_levels(l0, l1, h, part), _mm256_set1_epi8(32));
-                store_levels_32(y + 32 * part, lv, d * sc[2 * part], d * sc[2 * part + 1]);
+                store_levels_32(y + 32 * part, lv, d * sc[2 * part], d * sc[2 * part + 1], 0);
             }
         }
     }
@@ -1991,14 +1981,17 @@ static void tile_by_pairs(qt_vec_dot_fn dot, int rows, int toks, int64_t n, cons
             dot(n, &out[t * out_stride + r], (const uint8_t *)x + (size_t)r * x_stride,
                 (const uint8_t *)y + (size_t)t * y_stride);
 }
-static void vec_dot_q8_0_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
-                                   size_t y_stride, float *out, int64_t out_stride) {
-    if (qt_cpu_has_avx2())
-        vec_dot_q8_0_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
-    else
-        tile_by_pairs(vec_dot_q8_0_q8_0, Q8_0_TILE_ROWS, Q8_0_TILE_TOKS, n, x, x_stride, y,
-                      y_stride, out, out_stride);
-}
+/* A tile dispatcher: the AVX2 kernel, or the portable vec_dot pair by pair. */
+#define TILE_BEST(name, avx2, dot, rows, toks)                                                     \
+    static void name(int64_t n, const void *x, size_t x_stride, const void *y, size_t y_stride,    \
+                     float *out, int64_t out_stride) {                                             \
+        if (qt_cpu_has_avx2())                                                                     \
+            avx2(n, x, x_stride, y, y_stride, out, out_stride);                                    \
+        else                                                                                       \
+            tile_by_pairs(dot, rows, toks, n, x, x_stride, y, y_stride, out, out_stride);          \
+    }
+TILE_BEST(vec_dot_q8_0_tile_best, vec_dot_q8_0_tile_avx2, vec_dot_q8_0_q8_0, Q8_0_TILE_ROWS,
+          Q8_0_TILE_TOKS)
 static void vec_dot_q4_0_q8_0_best(int64_t n, float *out, const void *x, const void *y) {
     (qt_cpu_has_avx2() ? vec_dot_q4_0_q8_0_avx2 : vec_dot_q4_0_q8_0)(n, out, x, y);
 }
@@ -2038,22 +2031,8 @@ static void q4_K_to_float_best(const void *src, float *dst, int64_t n) {
 static void q6_K_to_float_best(const void *src, float *dst, int64_t n) {
     (qt_cpu_has_avx2() ? q6_K_to_float_avx2 : q6_K_to_float)(src, dst, n);
 }
-static void vec_dot_q4_K_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
-                                   size_t y_stride, float *out, int64_t out_stride) {
-    if (qt_cpu_has_avx2())
-        vec_dot_q4_K_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
-    else
-        tile_by_pairs(vec_dot_q4_K_q8_K, 1, Q4_K_TILE_TOKS, n, x, x_stride, y, y_stride, out,
-                      out_stride);
-}
-static void vec_dot_q5_0_tile_best(int64_t n, const void *x, size_t x_stride, const void *y,
-                                   size_t y_stride, float *out, int64_t out_stride) {
-    if (qt_cpu_has_avx2())
-        vec_dot_q5_0_tile_avx2(n, x, x_stride, y, y_stride, out, out_stride);
-    else
-        tile_by_pairs(vec_dot_q5_0_q8_0, 1, Q5_0_TILE_TOKS, n, x, x_stride, y, y_stride, out,
-                      out_stride);
-}
+TILE_BEST(vec_dot_q4_K_tile_best, vec_dot_q4_K_tile_avx2, vec_dot_q4_K_q8_K, 1, Q4_K_TILE_TOKS)
+TILE_BEST(vec_dot_q5_0_tile_best, vec_dot_q5_0_tile_avx2, vec_dot_q5_0_q8_0, 1, Q5_0_TILE_TOKS)
 #define Q8_0_TILE_FN vec_dot_q8_0_tile_best
 #define Q4_K_TILE_FN vec_dot_q4_K_tile_best
 #define Q5_0_TILE_FN vec_dot_q5_0_tile_best
