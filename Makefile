@@ -144,10 +144,15 @@ $(BUILD)/mktiny: tools/mktiny.c $(BUILD)/libmoerun.a | $(BUILD)
 $(BUILD)/membw: bench/membw.c $(BUILD)/libmoerun.a | $(BUILD)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
 
+# tilebench: a type's int8 tile kernel against sgemm per batch size (qtype_tile_sgemm_crossover)
+$(BUILD)/tilebench: bench/tilebench.c $(BUILD)/libmoerun.a | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libmoerun.a $(LDLIBS_ALL)
+
 $(BUILD):
 	mkdir -p $(BUILD)
 
-test: $(BUILD)/moerun $(BUILD)/mktiny $(TEST_BIN)
+# the bench tools are built here so that they keep compiling
+test: $(BUILD)/moerun $(BUILD)/mktiny $(BUILD)/membw $(BUILD)/tilebench $(TEST_BIN)
 	@BIN=$(BUILD)/moerun TESTBIN=$(BUILD)/tests tests/run.sh
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

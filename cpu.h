@@ -29,8 +29,13 @@ struct cpu_config {
     int64_t max_act_per_token; /* input values per token of the widest cpu_matmul_many call */
     int max_ctx;               /* longest sequence attention looks at */
     int max_head_dim;          /* widest attention head (values) */
-    int blas_min_batch; /* batches this large use dequantized tiles + sgemm (when built in) */
+    /* Batches this large use dequantized tiles + sgemm (when built in); 0: by weight type
+     * (qtype_tile_sgemm_crossover, at least CPU_SGEMM_MIN_BATCH); negative: never. */
+    int blas_min_batch;
 };
+
+/* The default batch from which products without a faster tile kernel, and attention, use sgemm. */
+enum { CPU_SGEMM_MIN_BATCH = 16 };
 
 struct cpu_ctx *cpu_init(const struct cpu_config *cfg);
 void cpu_free(struct cpu_ctx *c);

@@ -855,7 +855,7 @@ int model_init(struct model *m, const struct model_params *p) {
         .max_act_per_token = w.act,
         .max_ctx = n_ctx,
         .max_head_dim = (int)max3(m->ag.q_head, m->ag.v_head, 1),
-        .blas_min_batch = p->blas_min_batch == 0 ? 16 : p->blas_min_batch,
+        .blas_min_batch = p->blas_min_batch,
     };
     m->cpu = cpu_init(&cc);
     alloc_scratch(m);

@@ -160,7 +160,7 @@ struct model_params {
     int n_ctx;          /* 0: the model's context length, capped at 4096 */
     int n_threads;      /* 0: one per online CPU */
     int max_batch;      /* 0: 512 */
-    int blas_min_batch; /* 0: default (16); negative: never use sgemm */
+    int blas_min_batch; /* 0: by weight type (see cpu_config); negative: never use sgemm */
     struct gpu_params gpu;
 };
 

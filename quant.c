@@ -2299,3 +2299,21 @@ int qtype_simd_level(void) {
     return 0;
 #endif
 }
+
+/* Measured on one Zen 3 core with activation quantization included and the tile loop blocked
+ * as cpu.c runs it (build/tilebench): Q4_K's tile ran 1.2-1.8x OpenBLAS at 16-32 tokens on
+ * 2048-wide rows and about 1.0x at 64, as its integer sums take one float step per 256
+ * values; on 1024-wide rows it broke even near 32, on 512-wide rows it lost from 16 on (its
+ * fixed cost per output weighs more on short rows). Q8_0's tile: 1.1-1.2x at 16, 1.0x at 24
+ * at every width. Q5_0's: 0.96x at 16. */
+int qtype_tile_sgemm_crossover(uint32_t type, int64_t n_in) {
+    if (!qtype_simd_level()) return 0;
+    switch (type) {
+    case QT_Q4_K:
+        return n_in >= 2048 ? 64 : n_in >= 1024 ? 32 : 16;
+    case QT_Q8_0:
+        return 24;
+    default:
+        return 0;
+    }
+}

@@ -75,6 +75,9 @@ qt_vec_dot_fn qtype_vec_dot_scalar(uint32_t type);
 qt_to_float_fn qtype_to_float_scalar(uint32_t type);
 /* 1 when traits' vec_dot uses the AVX2+FMA kernels on this CPU, 0 for portable C only. */
 int qtype_simd_level(void);
+/* The batch from which OpenBLAS sgemm on dequantized rows of n_in values beats the type's tile
+ * kernel on this CPU; 0 where the type has no SIMD tile kernel here. */
+int qtype_tile_sgemm_crossover(uint32_t type, int64_t n_in);
 
 /* F32 dot products in llama.cpp's CPU summation orders (see quant.c): qt_dot_f32 is what its
  * matrix products compute for a row of n values (sgemm order when n % 16 == 0), qt_dot_f32_vec
