@@ -1689,12 +1689,20 @@ QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc);
 }
 
-/* Int16 element e of the (broadcast) vector in every 16-bit lane of the low 128 bits and
- * element f in every lane of the high 128 bits: one byte shuffle. */
-QT_AVX2 static __m256i pick_i16(__m256i v, int e, int f) {
-    const __m128i lo = _mm_set1_epi16((short)(2 * e | (2 * e + 1) << 8));
-    const __m128i hi = _mm_set1_epi16((short)(2 * f | (2 * f + 1) << 8));
-    return _mm256_shuffle_epi8(v, _mm256_set_m128i(hi, lo));
+/* Byte shuffles that put int16 element e of a 128-bit half in all its lanes: PICK(e, f) takes
+ * e in the low half and f in the high one. They live in memory on purpose: built in registers
+ * (4 instructions each), the K-quant kernels ran out of the 16 ymm registers and rebuilt them
+ * for every block. */
+#define PICK_2(e) 2 * (e), 2 * (e) + 1
+#define PICK_8(e) PICK_2(e), PICK_2(e), PICK_2(e), PICK_2(e)
+#define PICK(e, f) {PICK_8(e), PICK_8(e), PICK_8(f), PICK_8(f)}
+enum { PICK_PAIR = 8 }; /* masks PICK_PAIR + p: (2p, 2p + 1); masks e < 8: (e, e) */
+static const uint8_t pick_masks[12][32] __attribute__((aligned(32))) = {
+    PICK(0, 0), PICK(1, 1), PICK(2, 2), PICK(3, 3), PICK(4, 4), PICK(5, 5),
+    PICK(6, 6), PICK(7, 7), PICK(0, 1), PICK(2, 3), PICK(4, 5), PICK(6, 7)};
+
+QT_AVX2 static __m256i pick_i16(__m256i v, int mask) {
+    return _mm256_shuffle_epi8(v, _mm256_load_si256((const __m256i *)pick_masks[mask]));
 }
 
 /* The 8 unsigned group scales of a K-quant block as int16, in both 128-bit halves. */
@@ -1708,8 +1716,8 @@ QT_AVX2 static __m256i k4_run_lanes(__m256i lo, __m256i hi, const int8_t *q8, __
                                     int j) {
     const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
     const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
-    return _mm256_add_epi32(_mm256_madd_epi16(p_lo, pick_i16(scales, 2 * j, 2 * j)),
-                            _mm256_madd_epi16(p_hi, pick_i16(scales, 2 * j + 1, 2 * j + 1)));
+    return _mm256_add_epi32(_mm256_madd_epi16(p_lo, pick_i16(scales, 2 * j)),
+                            _mm256_madd_epi16(p_hi, pick_i16(scales, 2 * j + 1)));
 }
 
 /* Q4_K in llama.cpp's x86 arrangement, fully in registers: per 64 values, k4_run_lanes, so
@@ -1868,7 +1876,7 @@ QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t
             const __m256i p16 = _mm256_maddubs_epi16(
                 lv, _mm256_loadu_si256((const __m256i *)(q8 + 128 * j + 32 * part)));
             sumi = _mm256_add_epi32(
-                sumi, _mm256_madd_epi16(p16, pick_i16(scales, 2 * part, 2 * part + 1)));
+                sumi, _mm256_madd_epi16(p16, pick_i16(scales, PICK_PAIR + part)));
         }
     }
     return sumi;
