@@ -822,9 +822,14 @@ static void q8_0_to_float(const void *src, float *dst, int64_t n) {
     }
 }
 
+/* A comparison rather than fmaxf: the same result here (amax never becomes NaN either way),
+ * and the compiler vectorizes it; fmaxf was a libm call per value (1% of decode). */
 static float absmax(int n, const float *x) {
     float amax = 0;
-    for (int j = 0; j < n; ++j) amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < n; ++j) {
+        const float a = fabsf(x[j]);
+        amax = a > amax ? a : amax;
+    }
     return amax;
 }
 

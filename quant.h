@@ -60,10 +60,11 @@ struct qtype_traits {
 
 /* NULL for ids that are unknown or not supported (e.g. IQ types for now). */
 const struct qtype_traits *qtype_traits(uint32_t type);
+/* ggml's name; "type 23" style text for unknown ids, never NULL. */
 const char *qtype_name(uint32_t type);
 /* Block layout of any ggml type id, including those without traits (IQ, integer types):
  * 0, or -1 for an id ggml does not define. For parsing and sizing files. */
-int qtype_layout(uint32_t type, int64_t *blck_size, size_t *type_size); /* "type 23" style text for unknown ids, never NULL */
+int qtype_layout(uint32_t type, int64_t *blck_size, size_t *type_size);
 /* Bytes of a row of n values; 0 when n is not a multiple of the block size or the type is
  * unknown. */
 size_t qtype_row_size(enum qtype type, int64_t n);
