@@ -385,13 +385,11 @@ static size_t plan_products(struct matmul_job *j) {
 }
 
 #ifdef MOERUN_BLAS
-/* The batch from which a product with these weights goes to sgemm (<= 0: never): the
- * configured size, or by default the crossover from their type's tile kernel, at least
- * CPU_SGEMM_MIN_BATCH. */
-static int sgemm_min_toks(const struct cpu_ctx *c, const struct cpu_matrix *w) {
+/* The batch from which work goes to sgemm (<= 0: never): the configured size, or by default
+ * the crossover from the integer path (0 where it has none), at least CPU_SGEMM_MIN_BATCH. */
+static int sgemm_min_toks(const struct cpu_ctx *c, int crossover) {
     if (c->cfg.blas_min_batch) return c->cfg.blas_min_batch;
-    int cross = qtype_tile_sgemm_crossover(w->type, w->n_in);
-    return cross > CPU_SGEMM_MIN_BATCH ? cross : CPU_SGEMM_MIN_BATCH;
+    return crossover > CPU_SGEMM_MIN_BATCH ? crossover : CPU_SGEMM_MIN_BATCH;
 }
 #endif
 
@@ -406,7 +404,7 @@ static int run_sgemm_products(struct cpu_ctx *c, const struct cpu_product *p, in
     int n_big = 0;
     int64_t tiles = 0;
     for (int i = 0; i < n; i++) {
-        const int from = sgemm_min_toks(c, &p[i].w);
+        const int from = sgemm_min_toks(c, qtype_tile_sgemm_crossover(p[i].w.type, p[i].w.n_in));
         if (from > 0 && p[i].n_tok >= from) {
             tiles += (p[i].w.n_out + c->tile_rows - 1) / c->tile_rows;
             j.tile_end[n_big] = tiles;
@@ -700,7 +698,7 @@ void cpu_attention(struct cpu_ctx *c, const struct attn_args *a) {
         die("attention over %d positions exceeds the context %d", a->pos0 + a->n_tok,
             c->cfg.max_ctx);
 #ifdef MOERUN_BLAS
-    const int from = c->cfg.blas_min_batch ? c->cfg.blas_min_batch : CPU_SGEMM_MIN_BATCH;
+    const int from = sgemm_min_toks(c, 0);
     if (from > 0 && a->n_tok >= from) {
         struct attn_tiles_job j = {
             .c = c, .a = a, .n_tiles = (a->n_tok + ATTN_TILE - 1) / ATTN_TILE};
