@@ -623,18 +623,31 @@ struct attn_job {
 };
 
 /* out (head_dim_v) = sum over j of p[j] * v_j, in ACC_LANES lanes of fused multiply-adds (lane
- * j % ACC_LANES), reduced by reduce_lanes: the order of llama.cpp's sgemm for P * V. */
+ * j % ACC_LANES), reduced in qt_reduce_lanes16's tree: the order of llama.cpp's sgemm for
+ * P * V. The tree runs over whole lane rows (one vector add per 8 dimensions) rather than one
+ * dimension at a time down a column; each dimension sees the same additions in the same order. */
 FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
                                        float *lanes, float *out) {
     int64_t v_stride = a->v_stride;
     int hd = a->head_dim_v;
-    memset(lanes, 0, (size_t)ACC_LANES * (size_t)hd * sizeof *lanes);
+    int first = n_kv < ACC_LANES ? n_kv : ACC_LANES; /* lanes that values start, not add to */
+    memset(lanes + (size_t)first * (size_t)hd, 0, (size_t)(ACC_LANES - first) * (size_t)hd * 4);
     for (int j = 0; j < n_kv; j++) {
         const float *v = a->v_cache + (size_t)j * (size_t)v_stride + (size_t)kvh * (size_t)hd;
         float *l = lanes + (size_t)(j % ACC_LANES) * (size_t)hd;
-        for (int d = 0; d < hd; d++) l[d] = fmaf(p[j], v[d], l[d]);
+        const float p_j = p[j];
+        if (j < first) /* the fma onto a zeroed lane, without zeroing it */
+            for (int d = 0; d < hd; d++) l[d] = fmaf(p_j, v[d], 0.0f);
+        else
+            for (int d = 0; d < hd; d++) l[d] = fmaf(p_j, v[d], l[d]);
     }
-    for (int d = 0; d < hd; d++) out[d] = qt_reduce_lanes16(lanes + d, hd);
+    for (int w = ACC_LANES / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) {
+            float *to = lanes + (size_t)i * (size_t)hd;
+            const float *from = lanes + (size_t)(i + w) * (size_t)hd;
+            for (int d = 0; d < hd; d++) to[d] += from[d];
+        }
+    memcpy(out, lanes, (size_t)hd * sizeof *out);
 }
 
 static void attend_one(const struct attn_args *a, int t, int h, float *p, float *lanes) {
