@@ -476,12 +476,21 @@ void cpu_get_row(const struct cpu_matrix *w, int64_t id, float *out) {
 
 /* exp(x) as ggml's SIMD kernels compute it for softmax and SiLU (the Arm optimized-routines
  * polynomial: x = n ln2 + b, exp(b) by a degree-5 polynomial, scaled by 2^n). Within 1.5 ulp
- * of expf; using the same approximation keeps us bit-close to llama.cpp. */
-static inline float exp_poly(float x) {
+ * of expf; using the same approximation keeps us bit-close to llama.cpp.
+ * exp_poly_core is the branch-free part, for |n| <= 126 (n clamped into that range keeps every
+ * input defined), so loops over it vectorize; exp_poly_outside says where the library's expf
+ * (or an infinity or 0) is the answer instead. */
+static inline float exp_poly_n(float x) {
     const float shift = 0x1.8p23f; /* adding it rounds to an integer */
-    float z = fmaf(x, 0x1.715476p+0f, shift);
-    float n = z - shift;
-    if (fabsf(n) > 126.0f) return x > 0.0f ? INFINITY : (x < -104.0f ? 0.0f : expf(x));
+    return fmaf(x, 0x1.715476p+0f, shift) - shift;
+}
+
+static inline int exp_poly_outside(float x) { return fabsf(exp_poly_n(x)) > 126.0f; }
+
+static inline float exp_poly_core(float x) {
+    float n = exp_poly_n(x);
+    n = n < 126.0f ? n : 126.0f; /* (NaN becomes 126 here, and x keeps the result NaN) */
+    n = n > -126.0f ? n : -126.0f;
     float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln2, two parts */
     float u = b * b;
     float p = fmaf(
@@ -493,6 +502,11 @@ static inline float exp_poly(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+static inline float exp_poly(float x) {
+    if (exp_poly_outside(x)) return x > 0.0f ? INFINITY : (x < -104.0f ? 0.0f : expf(x));
+    return exp_poly_core(x);
 }
 
 void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n_rows, float eps) {
@@ -509,7 +523,12 @@ void cpu_rmsnorm(float *y, const float *x, const float *weight, int64_t n, int n
 
 /* (Clones stay static: clang 14 emits no resolver for an exported cloned function.) */
 FMA_CLONES static void swiglu_rows(float *out, const float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
+    int outside = 0; /* rare: then every value takes the branching form (out may be gate) */
+    for (int64_t i = 0; i < n; i++) outside |= exp_poly_outside(-gate[i]);
+    if (outside)
+        for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
+    else /* without a branch, so it vectorizes */
+        for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_poly_core(-gate[i])) * up[i];
 }
 
 void cpu_swiglu(float *out, const float *gate, const float *up, int64_t n) {

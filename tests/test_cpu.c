@@ -1,7 +1,7 @@
 /* CPU matrix products through cpu_matmul_strided: the tiled quantized path (row x token
  * blocks, leftover rows and tokens) gives every output the bits of one vec_dot on the
  * activations quantized as llama.cpp does; the default threshold sends a batch to sgemm only
- * from the type's tile crossover on. */
+ * from the type's tile crossover on; SwiGLU's vectorized exp agrees with its per-value form. */
 #include "../cpu.h"
 #include "../quant.h"
 #include "rng_test.h"
@@ -137,8 +137,43 @@ static void test_default_threshold(void) {
     test_report("cpu_default_sgemm_threshold", ok, "%s", ok ? "sgemm from the crossover on" : why);
 }
 
+/* cpu_swiglu takes a branch-free (vectorized) exp unless a gate lies where exp_poly needs expf,
+ * an infinity or 0; then every value takes the branching form. Both must give each value the
+ * same bits, in place or not, and stay within 4 ulp of the exact SiLU(gate) * up (or 1e-20
+ * of it: past 126.5 ln 2, ggml's exp is infinity, so a gate of -88 or below gives 0). */
+static void test_swiglu(void) {
+    enum { N = 1003 };
+    static const float far[] = {100.0f, 90.0f, -90.0f, -200.0f, -88.0f};
+    const int n_far = (int)(sizeof far / sizeof *far);
+    float gate[N + 5], up[N + 5], fast[N + 5], branching[N + 5], in_place[N + 5];
+    for (int i = 0; i < N; i++) gate[i] = 4.0f * rng_normal(), up[i] = rng_normal();
+    for (int i = 0; i < n_far; i++) gate[N + i] = far[i], up[N + i] = 1.5f;
+    cpu_swiglu(fast, gate, up, N);
+    cpu_swiglu(branching, gate, up, N + n_far);
+    memcpy(in_place, gate, sizeof gate);
+    cpu_swiglu(in_place, in_place, up, N + n_far);
+    size_t where = 0;
+    int ok = same_bits(fast, branching, N, &where);
+    test_report("cpu_swiglu_vectorized_bits", ok, "%s at %zu", ok ? "same" : "differ", where);
+    ok = same_bits(branching, in_place, N + (size_t)n_far, &where);
+    test_report("cpu_swiglu_in_place_bits", ok, "%s at %zu", ok ? "same" : "differ", where);
+    double worst = 0;
+    for (int i = 0; i < N + n_far; i++) {
+        double g = gate[i], want = g / (1.0 + exp(-g)) * up[i];
+        double err = fabs(branching[i] - want) / (fabs(want) + 1e-20);
+        if (err > worst) worst = err, where = (size_t)i;
+    }
+    test_report("cpu_swiglu_accuracy", worst < 4 * 0x1p-23, "max relative error %.3g at gate %g",
+                worst, (double)gate[where]);
+    test_report("cpu_swiglu_exp_overflow",
+                branching[N + 2] == 0.0f && branching[N + 3] == 0.0f && branching[N + 4] == 0.0f,
+                "gates -90, -200, -88: %g %g %g (want 0)", (double)branching[N + 2],
+                (double)branching[N + 3], (double)branching[N + 4]);
+}
+
 int main(void) {
     test_tiled_bits();
     test_default_threshold();
+    test_swiglu();
     return test_failures ? 1 : 0;
 }
