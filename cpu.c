@@ -193,6 +193,7 @@ struct matmul_job {
     int n;
     size_t act_off[CPU_MAX_PRODUCTS];  /* each product's first activation row in c->act */
     size_t act_row[CPU_MAX_PRODUCTS];  /* bytes per activation row (0: rows are the floats) */
+    int act_reused[CPU_MAX_PRODUCTS];  /* an earlier product quantizes the same input */
     int64_t row_end[CPU_MAX_PRODUCTS]; /* running total of output rows */
     int64_t tok_end[CPU_MAX_PRODUCTS]; /* running total of input rows */
     atomic_llong next_row;             /* the next unit of row_end's running total to take */
@@ -219,7 +220,7 @@ static void quantize_activations(void *arg, int ith, int nth) {
         int i = product_of(j->tok_end, j->n, u);
         const struct cpu_product *p = &j->p[i];
         int t = (int)(u - (i ? j->tok_end[i - 1] : 0));
-        if (!j->act_row[i]) continue;
+        if (!j->act_row[i] || j->act_reused[i]) continue;
         const struct qtype_traits *at = qtype_traits(qtype_traits(p->w.type)->vec_dot_type);
         at->from_float_act(p->x + (size_t)t * (size_t)p->x_stride, (uint8_t *)activation(j, i, t),
                            p->w.n_in);
@@ -378,6 +379,19 @@ static void check_product(const struct cpu_ctx *c, const struct cpu_product *p) 
         die("matmul on unsupported type %u", p->w.type);
 }
 
+/* An earlier product of the job with the same input in the same vec_dot type (the chosen
+ * experts' gate and up in decode all read the one token), or -1. */
+static int same_input(const struct matmul_job *j, int i, enum qtype vt) {
+    const struct cpu_product *p = &j->p[i];
+    for (int k = 0; k < i; k++) {
+        const struct cpu_product *q = &j->p[k];
+        if (q->x == p->x && q->x_stride == p->x_stride && q->n_tok == p->n_tok &&
+            q->w.n_in == p->w.n_in && qtype_traits(q->w.type)->vec_dot_type == vt)
+            return k;
+    }
+    return -1;
+}
+
 /* Fills the job's running totals and activation layout; returns the activation bytes. */
 static size_t plan_products(struct matmul_job *j) {
     size_t off = 0;
@@ -386,8 +400,10 @@ static size_t plan_products(struct matmul_job *j) {
         const struct cpu_product *p = &j->p[i];
         enum qtype vt = qtype_traits(p->w.type)->vec_dot_type;
         j->act_row[i] = vt == QT_F32 ? 0 : qtype_row_size(vt, p->w.n_in);
-        j->act_off[i] = off;
-        off += j->act_row[i] * (size_t)p->n_tok;
+        int k = j->act_row[i] ? same_input(j, i, vt) : -1;
+        j->act_reused[i] = k >= 0;
+        j->act_off[i] = k >= 0 ? j->act_off[k] : off;
+        if (k < 0) off += j->act_row[i] * (size_t)p->n_tok;
         rows += p->n_tok ? p->w.n_out : 0;
         toks += p->n_tok;
         j->row_end[i] = rows;

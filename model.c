@@ -1101,9 +1101,11 @@ static void route_tokens(struct model *m, const struct model_layer *L, int n_tok
 }
 
 /* One product per active expert over its gathered rows, appended to p (n so far; run first
- * when full); out rows follow m->expert_rows. */
+ * when full); out rows follow m->expert_rows. x_slot: floats from one slot's input row to the
+ * next (n_in, or 0 where every slot reads the same row). */
 static int expert_products(struct model *m, struct cpu_product *p, int n, const struct weight *w,
-                           int64_t r0, int64_t n_out, const float *x, int64_t n_in, float *y) {
+                           int64_t r0, int64_t n_out, const float *x, int64_t x_slot, int64_t n_in,
+                           float *y) {
     for (int e = 0; e < (int)m->hp.n_expert; e++) {
         int start = m->expert_start[e], count = m->expert_start[e + 1] - start;
         if (!count) continue;
@@ -1112,7 +1114,7 @@ static int expert_products(struct model *m, struct cpu_product *p, int n, const 
             n = 0;
         }
         p[n++] = (struct cpu_product){slice(w, e, r0, n_out),
-                                      x + (size_t)start * (size_t)n_in,
+                                      x + (size_t)start * (size_t)x_slot,
                                       n_in,
                                       y + (size_t)start * (size_t)n_out,
                                       n_out,
@@ -1129,18 +1131,21 @@ void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, fl
     int k = (int)hp->n_expert_used, slots = n_tok * k;
     int64_t E = hp->n_embd, F = hp->n_ff_exp;
     route_tokens(m, L, n_tok, routed);
-    for (int i = 0; i < slots; i++)
+    /* One token: every expert reads xb itself, so its activations are quantized once */
+    const float *in = n_tok == 1 ? m->xb : m->moe_in;
+    const int64_t in_slot = n_tok == 1 ? 0 : E;
+    for (int i = 0; i < slots && n_tok > 1; i++)
         memcpy(m->moe_in + (size_t)i * (size_t)E,
                m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
     int fused = L->w[W_FFN_GATE_UP_EXPS].t != NULL;
     struct cpu_product p[CPU_MAX_PRODUCTS];
     int n = expert_products(m, p, 0, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0,
-                            F, m->moe_in, E, m->gate);
+                            F, in, in_slot, E, m->gate);
     n = expert_products(m, p, n, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_UP_EXPS],
-                        fused ? F : 0, F, m->moe_in, E, m->up);
+                        fused ? F : 0, F, in, in_slot, E, m->up);
     cpu_matmul_many(m->cpu, p, n); /* gate and up of every expert together */
     cpu_swiglu(m->gate, m->gate, m->up, (int64_t)slots * F);
-    n = expert_products(m, p, 0, &L->w[W_FFN_DOWN_EXPS], 0, E, m->gate, F, m->moe_in);
+    n = expert_products(m, p, 0, &L->w[W_FFN_DOWN_EXPS], 0, E, m->gate, F, F, m->moe_in);
     cpu_matmul_many(m->cpu, p, n);
     for (int i = 0; i < slots; i++) /* back to (token, choice) order */
         memcpy(m->moe_out + (size_t)m->expert_rows[i] * (size_t)E,

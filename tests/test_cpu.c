@@ -171,9 +171,51 @@ static void test_swiglu(void) {
                 (double)branching[N + 3], (double)branching[N + 4]);
 }
 
+/* Products of one call that read the same input share its quantized activations: each output
+ * must still be the bits of one vec_dot on its own quantized input, whether it shares (same x,
+ * stride, tokens and activation type), differs only in type (Q8_0 next to Q4_K) or in tokens. */
+static void test_shared_inputs(void) {
+    static const struct case_shape shapes[] = {{QT_Q4_K, 512, 40, 3}, {QT_Q4_K, 512, 36, 3},
+                                               {QT_Q8_0, 512, 20, 3}, {QT_Q4_K, 512, 24, 3},
+                                               {QT_Q4_K, 512, 28, 2}};
+    enum { N = sizeof shapes / sizeof *shapes };
+    struct weights k[N];
+    struct cpu_product p[N];
+    for (int i = 0; i < N; i++) {
+        k[i] = make_weights(&shapes[i]);
+        if (i != 3) memcpy(k[i].x, k[0].x, (size_t)shapes[i].n_tok * 512 * sizeof(float));
+        p[i] = (struct cpu_product){k[i].w, i == 3 ? k[i].x : k[0].x, 512,
+                                    malloc((size_t)3 * (size_t)shapes[i].n_out * sizeof(float)),
+                                    shapes[i].n_out, shapes[i].n_tok};
+    }
+    struct cpu_config cfg = {.n_threads = 2, .max_batch = 3, .max_fanout = 1, .max_in = 512,
+                             .max_act_per_token = N * 512, .max_ctx = 1, .max_head_dim = 1,
+                             .blas_min_batch = -1};
+    struct cpu_ctx *c = cpu_init(&cfg);
+    cpu_matmul_many(c, p, N);
+    cpu_free(c);
+    int ok = 1;
+    size_t where = 0;
+    for (int i = 0; i < N && ok; i++) {
+        float *want = pairwise(&k[i], shapes[i].n_tok);
+        ok = same_bits(p[i].y, want, (size_t)shapes[i].n_tok * (size_t)shapes[i].n_out, &where);
+        if (!ok)
+            test_report("cpu_shared_input_bits", 0, "product %d output %zu: %.9g, vec_dot %.9g", i,
+                        where, (double)p[i].y[where], (double)want[where]);
+        free(want);
+    }
+    if (ok) test_report("cpu_shared_input_bits", 1, "%d products, the first two sharing", N);
+    for (int i = 0; i < N; i++) {
+        free(p[i].y);
+        free((void *)k[i].w.data);
+        free(k[i].x);
+    }
+}
+
 int main(void) {
     test_tiled_bits();
     test_default_threshold();
     test_swiglu();
+    test_shared_inputs();
     return test_failures ? 1 : 0;
 }
