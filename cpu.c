@@ -232,18 +232,31 @@ static void dot_vec_order(int64_t n, float *out, const void *x, const void *y) {
     *out = qt_dot_f32_vec(x, y, n);
 }
 
-/* Output rows [r0, r1) of product i for tokens [t0, n_tok), one dot product per pair. */
+/* Rows per vec_dot_rows call: a block that stays in L1/L2 while each leftover token (at most
+ * 3 past the tiles) passes over it. */
+enum { ROWS_BLOCK = 32 };
+
+/* Output rows [r0, r1) of product i for tokens [t0, n_tok), one dot product per pair: blocks
+ * of rows per token where the type has a rows kernel. */
 static void product_pairs(const struct matmul_job *j, int i, int64_t r0, int64_t r1, int t0) {
     const struct cpu_product *p = &j->p[i];
     const struct cpu_matrix *w = &p->w;
-    qt_vec_dot_fn dot =
-        w->type == QT_F32 && w->vec_order ? dot_vec_order : qtype_traits(w->type)->vec_dot;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-        for (int t = t0; t < p->n_tok; t++)
-            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r], row,
-                activation(j, i, t));
+    const struct qtype_traits *tr = qtype_traits(w->type);
+    const uint8_t *data = w->data;
+    if (tr->vec_dot_rows && j->act_row[i]) {
+        for (int64_t rb = r0; rb < r1; rb += ROWS_BLOCK)
+            for (int t = t0; t < p->n_tok; t++)
+                tr->vec_dot_rows(w->n_in, data + (size_t)rb * w->row_bytes, w->row_bytes,
+                                 activation(j, i, t),
+                                 &p->y[(size_t)t * (size_t)p->y_stride + (size_t)rb],
+                                 r1 - rb < ROWS_BLOCK ? r1 - rb : ROWS_BLOCK);
+        return;
     }
+    qt_vec_dot_fn dot = w->type == QT_F32 && w->vec_order ? dot_vec_order : tr->vec_dot;
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = t0; t < p->n_tok; t++)
+            dot(w->n_in, &p->y[(size_t)t * (size_t)p->y_stride + (size_t)r],
+                data + (size_t)r * w->row_bytes, activation(j, i, t));
 }
 
 /* Multiples of every tile's rows (1, 2) and tokens (4). */

@@ -41,6 +41,11 @@ typedef void (*qt_vec_dot_fn)(int64_t n, float *out, const void *x, const void *
  * throughput instead of one dot product's latency. */
 typedef void (*qt_vec_dot_tile_fn)(int64_t n, const void *x, size_t x_stride, const void *y,
                                    size_t y_stride, float *out, int64_t out_stride);
+/* n_rows weight rows (x, x_stride bytes apart) times one activation row: out[r], each the
+ * same bits that vec_dot gives. Decode's kernel where one exists: it shares the activation's
+ * unpacking between rows. */
+typedef void (*qt_vec_dot_rows_fn)(int64_t n, const void *x, size_t x_stride, const void *y,
+                                   float *out, int64_t n_rows);
 
 struct qtype_traits {
     const char *name; /* ggml's name: "q4_K", "f32", ... */
@@ -55,6 +60,7 @@ struct qtype_traits {
     enum qtype vec_dot_type;
     qt_vec_dot_fn vec_dot;
     qt_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot pair by pair */
+    qt_vec_dot_rows_fn vec_dot_rows; /* NULL: vec_dot row by row */
     int tile_rows, tile_toks;
 };
 

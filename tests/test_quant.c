@@ -618,6 +618,44 @@ static void test_tiles(void) {
     }
 }
 
+/* Rows kernels (several weight rows times one activation row) against vec_dot row by row:
+ * the same bits for every row, and nothing written past the last. */
+static void test_rows(void) {
+    enum { ROWS = 7 };
+    for (enum qtype type = 0; type < QT_COUNT; ++type) {
+        const struct qtype_traits *tr = qtype_traits(type);
+        if (!tr || !tr->vec_dot_rows) continue;
+        const struct qtype_traits *at = qtype_traits(tr->vec_dot_type);
+        int ok = 1, cases = 0;
+        for (int trial = 0; trial < 8; ++trial) {
+            const int64_t n = tr->blck_size * (1 + trial % 5) * (trial % 3 ? 11 : 1);
+            const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
+            uint8_t *x = xmalloc(xb * ROWS), *y = xmalloc(yb);
+            float *row = xmalloc((size_t)n * sizeof(float));
+            for (int r = 0; r < ROWS; ++r) {
+                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
+                tr->from_float(row, x + (size_t)r * xb, n);
+            }
+            for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (1 + (float)(i % 7));
+            at->from_float_act(row, y, n);
+            float out[ROWS + 1], want;
+            out[ROWS] = -1.0f; /* must stay */
+            tr->vec_dot_rows(n, x, xb, y, out, ROWS);
+            for (int r = 0; r < ROWS; ++r, ++cases) {
+                tr->vec_dot(n, &want, x + (size_t)r * xb, y);
+                if (memcmp(&want, &out[r], sizeof want)) ok = 0;
+            }
+            if (out[ROWS] != -1.0f) ok = 0;
+            free(x);
+            free(y);
+            free(row);
+        }
+        char name[64];
+        snprintf(name, sizeof name, "quant_rows_%s", tr->name);
+        test_report(name, ok, "%d rows bit-equal to vec_dot, none written past the block", cases);
+    }
+}
+
 /* ---------------------------------------------------------------- test 5: traits */
 
 static void test_traits(void) {
@@ -709,6 +747,7 @@ int main(void) {
     test_simd_vs_scalar();
     test_to_float_simd();
     test_tiles();
+    test_rows();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
     if (!test_file_exists(probe)) {
