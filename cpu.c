@@ -109,11 +109,13 @@ void cpu_parallel(struct cpu_ctx *c, cpu_task_fn fn, void *ctx) {
         if ((i & 255) == 255) sched_yield();
 }
 
+enum { MAX_TILE_ROWS = 256 };
+
 static int64_t pick_tile_rows(int64_t max_in) {
     /* about 2 MiB of floats per thread: large enough for sgemm, small enough for L2/L3 */
     int64_t rows = (2 << 20) / (max_in * (int64_t)sizeof(float));
     if (rows < 16) rows = 16;
-    if (rows > 256) rows = 256;
+    if (rows > MAX_TILE_ROWS) rows = MAX_TILE_ROWS;
     return rows;
 }
 
@@ -352,11 +354,21 @@ struct sgemm_job {
     atomic_llong next;                  /* the next tile to take */
 };
 
+/* Rows per sgemm tile of a product whose rows hold n_in values: as many as the per-thread
+ * buffer (tile_rows rows of the widest input) takes, at most MAX_TILE_ROWS. Every sgemm call
+ * packs the batch's activations anew, so narrow rows take more per call: V2-Lite's 2048-wide
+ * products had 47 (the buffer's rows for its 10944-wide dense down projection). */
+static int64_t tile_rows_for(const struct cpu_ctx *c, int64_t n_in) {
+    int64_t rows = c->tile_rows * c->cfg.max_in / n_in;
+    return rows < MAX_TILE_ROWS ? rows : MAX_TILE_ROWS;
+}
+
 static void sgemm_tile(const struct cpu_ctx *c, const struct cpu_product *p, int64_t ti,
                        float *tile) {
     const struct cpu_matrix *w = &p->w;
-    int64_t r0 = ti * c->tile_rows;
-    int64_t rows = w->n_out - r0 < c->tile_rows ? w->n_out - r0 : c->tile_rows;
+    const int64_t tile_rows = tile_rows_for(c, w->n_in);
+    int64_t r0 = ti * tile_rows;
+    int64_t rows = w->n_out - r0 < tile_rows ? w->n_out - r0 : tile_rows;
     const float *b;
     if (w->type == QT_F32) {
         b = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
@@ -447,7 +459,8 @@ static int run_sgemm_products(struct cpu_ctx *c, const struct cpu_product *p, in
     for (int i = 0; i < n; i++) {
         const int from = sgemm_min_toks(c, qtype_tile_sgemm_crossover(p[i].w.type, p[i].w.n_in));
         if (from > 0 && p[i].n_tok >= from) {
-            tiles += (p[i].w.n_out + c->tile_rows - 1) / c->tile_rows;
+            const int64_t tile_rows = tile_rows_for(c, p[i].w.n_in);
+            tiles += (p[i].w.n_out + tile_rows - 1) / tile_rows;
             j.tile_end[n_big] = tiles;
             big[n_big++] = p[i];
         } else {
