@@ -576,6 +576,27 @@ static void test_to_float_simd(void) {
     }
 }
 
+/* rows weight rows of type (values scaled down 1000x on every third trial) and toks
+ * activation rows in its vec_dot type, n values each, quantized from random floats; the
+ * caller frees *x and *y. */
+static void random_operands(enum qtype type, int64_t n, int trial, int rows, int toks,
+                            uint8_t **x, uint8_t **y) {
+    const struct qtype_traits *tr = qtype_traits(type), *at = qtype_traits(tr->vec_dot_type);
+    const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
+    float *row = xmalloc((size_t)n * sizeof(float));
+    *x = xmalloc(xb * (size_t)rows);
+    *y = xmalloc(yb * (size_t)toks);
+    for (int r = 0; r < rows; ++r) {
+        for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
+        tr->from_float(row, *x + (size_t)r * xb, n);
+    }
+    for (int t = 0; t < toks; ++t) {
+        for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (1 + (float)(i % 7));
+        at->from_float_act(row, *y + (size_t)t * yb, n);
+    }
+    free(row);
+}
+
 /* Tile kernels (several rows times several activation rows at once) against vec_dot pair by
  * pair: every output must be the same bits, since the products feed the activations that
  * later layers quantize. */
@@ -583,22 +604,12 @@ static void test_tiles(void) {
     for (enum qtype type = 0; type < QT_COUNT; ++type) {
         const struct qtype_traits *tr = qtype_traits(type);
         if (!tr || !tr->vec_dot_tile) continue;
-        const struct qtype_traits *at = qtype_traits(tr->vec_dot_type);
         int ok = 1, cases = 0;
         for (int trial = 0; trial < 12; ++trial) {
             const int64_t n = tr->blck_size * (1 + trial % 6) * (trial % 4 ? 8 : 1);
             const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
-            uint8_t *x = xmalloc(xb * (size_t)tr->tile_rows),
-                    *y = xmalloc(yb * (size_t)tr->tile_toks);
-            float *row = xmalloc((size_t)n * sizeof(float));
-            for (int r = 0; r < tr->tile_rows; ++r) {
-                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
-                tr->from_float(row, x + (size_t)r * xb, n);
-            }
-            for (int t = 0; t < tr->tile_toks; ++t) {
-                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (1 + (float)(i % 7));
-                at->from_float_act(row, y + (size_t)t * yb, n);
-            }
+            uint8_t *x, *y;
+            random_operands(type, n, trial, tr->tile_rows, tr->tile_toks, &x, &y);
             const int64_t stride = tr->tile_rows + 3; /* out rows wider than the tile */
             float out[64], want;
             tr->vec_dot_tile(n, x, xb, y, yb, out, stride);
@@ -609,7 +620,6 @@ static void test_tiles(void) {
                 }
             free(x);
             free(y);
-            free(row);
         }
         char name[64];
         snprintf(name, sizeof name, "quant_tile_%s", tr->name);
@@ -625,19 +635,12 @@ static void test_rows(void) {
     for (enum qtype type = 0; type < QT_COUNT; ++type) {
         const struct qtype_traits *tr = qtype_traits(type);
         if (!tr || !tr->vec_dot_rows) continue;
-        const struct qtype_traits *at = qtype_traits(tr->vec_dot_type);
         int ok = 1, cases = 0;
         for (int trial = 0; trial < 8; ++trial) {
             const int64_t n = tr->blck_size * (1 + trial % 5) * (trial % 3 ? 11 : 1);
-            const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
-            uint8_t *x = xmalloc(xb * ROWS), *y = xmalloc(yb);
-            float *row = xmalloc((size_t)n * sizeof(float));
-            for (int r = 0; r < ROWS; ++r) {
-                for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (trial % 3 ? 1.f : 1e-3f);
-                tr->from_float(row, x + (size_t)r * xb, n);
-            }
-            for (int64_t i = 0; i < n; ++i) row[i] = rng_normal() * (1 + (float)(i % 7));
-            at->from_float_act(row, y, n);
+            const size_t xb = qtype_row_size(type, n);
+            uint8_t *x, *y;
+            random_operands(type, n, trial, ROWS, 1, &x, &y);
             float out[ROWS + 1], want;
             out[ROWS] = -1.0f; /* must stay */
             tr->vec_dot_rows(n, x, xb, y, out, ROWS);
@@ -648,7 +651,6 @@ static void test_rows(void) {
             if (out[ROWS] != -1.0f) ok = 0;
             free(x);
             free(y);
-            free(row);
         }
         char name[64];
         snprintf(name, sizeof name, "quant_rows_%s", tr->name);
