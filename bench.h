@@ -17,7 +17,8 @@ extern const char *const bench_usage;
 
 /* Read bandwidth in bytes/s: n_threads threads each read their share of a `bytes`-long
  * buffer (touched first by the thread that reads it) over and over for about `secs`
- * seconds; bytes read by all threads over the wall time. bench/membw runs the same loop. */
+ * seconds, in 5 windows; the best window's bytes read by all threads over its wall time.
+ * bench/membw runs the same loop. */
 double bench_read_bandwidth(int n_threads, size_t bytes, double secs);
 
 /* Weight bytes one decoded token reads: every layer tensor, routed experts scaled by

@@ -4,8 +4,9 @@
  *   build/membw [-t MAX_THREADS] [-m MIB] [-s SECS] [-r REPS]
  *
  * For each thread count from 1 to MAX_THREADS (default: online CPUs) it reads a MIB-MiB
- * buffer (default 512, split among the threads) for SECS seconds (default 0.5), REPS times
- * (default 3), and prints the best and mean GB/s (1 GB = 1e9 bytes). */
+ * buffer (default 512, split among the threads) for SECS seconds (default 0.5; each the best
+ * of 5 windows, as bench measures), REPS times (default 3), and prints the best and mean GB/s
+ * (1 GB = 1e9 bytes). */
 #include "bench.h"
 
 #include <stdio.h>
