@@ -245,7 +245,7 @@ static void product_pairs(const struct matmul_job *j, int i, int64_t r0, int64_t
     const struct cpu_matrix *w = &p->w;
     const struct qtype_traits *tr = qtype_traits(w->type);
     const uint8_t *data = w->data;
-    if (tr->vec_dot_rows && j->act_row[i]) {
+    if (tr->vec_dot_rows) {
         for (int64_t rb = r0; rb < r1; rb += ROWS_BLOCK)
             for (int t = t0; t < p->n_tok; t++)
                 tr->vec_dot_rows(w->n_in, data + (size_t)rb * w->row_bytes, w->row_bytes,
@@ -684,9 +684,8 @@ struct attn_job {
 };
 
 /* out (head_dim_v) = sum over j of p[j] * v_j, in ACC_LANES lanes of fused multiply-adds (lane
- * j % ACC_LANES), reduced in qt_reduce_lanes16's tree: the order of llama.cpp's sgemm for
- * P * V. The tree runs over whole lane rows (one vector add per 8 dimensions) rather than one
- * dimension at a time down a column; each dimension sees the same additions in the same order. */
+ * j % ACC_LANES), reduced by qt_reduce_lanes16 a whole lane row at a time: the order of
+ * llama.cpp's sgemm for P * V. */
 FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
                                        float *lanes, float *out) {
     int64_t v_stride = a->v_stride;
@@ -702,12 +701,7 @@ FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const
         else
             for (int d = 0; d < hd; d++) l[d] = fmaf(p_j, v[d], l[d]);
     }
-    for (int w = ACC_LANES / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) {
-            float *to = lanes + (size_t)i * (size_t)hd;
-            const float *from = lanes + (size_t)(i + w) * (size_t)hd;
-            for (int d = 0; d < hd; d++) to[d] += from[d];
-        }
+    qt_reduce_lanes16(lanes, hd);
     memcpy(out, lanes, (size_t)hd * sizeof *out);
 }
 

@@ -1134,9 +1134,10 @@ void model_routed_experts_cpu(struct model *m, int il, int n_tok, int routed, fl
     /* One token: every expert reads xb itself, so its activations are quantized once */
     const float *in = n_tok == 1 ? m->xb : m->moe_in;
     const int64_t in_slot = n_tok == 1 ? 0 : E;
-    for (int i = 0; i < slots && n_tok > 1; i++)
-        memcpy(m->moe_in + (size_t)i * (size_t)E,
-               m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
+    if (n_tok > 1)
+        for (int i = 0; i < slots; i++)
+            memcpy(m->moe_in + (size_t)i * (size_t)E,
+                   m->xb + (size_t)(m->expert_rows[i] / k) * (size_t)E, (size_t)E * 4);
     int fused = L->w[W_FFN_GATE_UP_EXPS].t != NULL;
     struct cpu_product p[CPU_MAX_PRODUCTS];
     int n = expert_products(m, p, 0, fused ? &L->w[W_FFN_GATE_UP_EXPS] : &L->w[W_FFN_GATE_EXPS], 0,

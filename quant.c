@@ -477,9 +477,10 @@ static void f32_from_float(const float *src, void *dst, int64_t n) {
 #define QT_FMA_CLONES
 #endif
 
-float qt_reduce_lanes16(float *lanes, int64_t stride) {
+float qt_reduce_lanes16(float *lanes, int64_t n) {
     for (int w = 8; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) lanes[i * stride] += lanes[(i + w) * stride];
+        for (int i = 0; i < w; i++)
+            for (int64_t d = 0; d < n; d++) lanes[i * n + d] += lanes[(i + w) * n + d];
     return lanes[0];
 }
 
@@ -1585,10 +1586,15 @@ QT_AVX2 static void vec_dot_q5_1_q8_1_avx2(int64_t n, float *out, const void *vx
     *out = hsum_f32x8(acc) + summs;
 }
 
+/* Q5_0's 32 levels as unsigned bytes: nibble + 16 * high bit. */
+QT_AVX2 static __m256i q5_0_levels_u(const struct block_q5_0 *b) {
+    const __m256i hi = _mm256_and_si256(expand_bits_32(b->qh), _mm256_set1_epi8(0x10));
+    return _mm256_or_si256(unpack_nibbles_32(b->qs), hi);
+}
+
 /* Q5_0's 32 levels as int8: nibble + 16 * high bit - 16. */
 QT_AVX2 static __m256i q5_0_levels(const struct block_q5_0 *b) {
-    const __m256i hi = _mm256_and_si256(expand_bits_32(b->qh), _mm256_set1_epi8(0x10));
-    return _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles_32(b->qs), hi), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(q5_0_levels_u(b), _mm256_set1_epi8(16));
 }
 
 /* Q5_0 in the portable kernel's lanes: levels nibble + 16 * high bit - 16 as int8, quads of
@@ -1626,14 +1632,10 @@ QT_AVX2 static void vec_dot_q5_0_rows_avx2(int64_t n, const void *vx, size_t x_s
             const float dy = h2f(y[i].d);
             const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
             const __m256i offset = _mm256_madd_epi16(_mm256_maddubs_epi16(bit4, qy), ones);
-            const __m256i u0 = _mm256_or_si256(unpack_nibbles_32(x0[i].qs),
-                                               _mm256_and_si256(expand_bits_32(x0[i].qh), bit4));
-            const __m256i u1 = _mm256_or_si256(unpack_nibbles_32(x1[i].qs),
-                                               _mm256_and_si256(expand_bits_32(x1[i].qh), bit4));
-            const __m256i p0 =
-                _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u0, qy), ones), offset);
-            const __m256i p1 =
-                _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u1, qy), ones), offset);
+            const __m256i p0 = _mm256_sub_epi32(
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q5_0_levels_u(&x0[i]), qy), ones), offset);
+            const __m256i p1 = _mm256_sub_epi32(
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q5_0_levels_u(&x1[i]), qy), ones), offset);
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x0[i].d) * dy), _mm256_cvtepi32_ps(p0), acc0);
             acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x1[i].d) * dy), _mm256_cvtepi32_ps(p1), acc1);
         }
@@ -1737,7 +1739,8 @@ QT_AVX2 static void vec_dot_q3_K_q8_K_avx2(int64_t n, float *out, const void *vx
  * for every block. */
 #define PICK_2(e) 2 * (e), 2 * (e) + 1
 #define PICK_8(e) PICK_2(e), PICK_2(e), PICK_2(e), PICK_2(e)
-#define PICK(e, f) {PICK_8(e), PICK_8(e), PICK_8(f), PICK_8(f)}
+#define PICK(e, f)                                                                                 \
+    { PICK_8(e), PICK_8(e), PICK_8(f), PICK_8(f) }
 enum { PICK_PAIR = 8 }; /* masks PICK_PAIR + p: (2p, 2p + 1); masks e < 8: (e, e) */
 static const uint8_t pick_masks[12][32] __attribute__((aligned(32))) = {
     PICK(0, 0), PICK(1, 1), PICK(2, 2), PICK(3, 3), PICK(4, 4), PICK(5, 5),
@@ -1822,8 +1825,9 @@ QT_AVX2 static void vec_dot_q4_K_q8_K_avx2(int64_t n, float *out, const void *vx
         const __m128i sm = k4_scales_mins(x[i].scales);
         const __m128i m = k4_min_pairs(sm, y[i].bsums);
         acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
-                              _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, k4_scales16(sm))), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(d),
+            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, NULL, y[i].qs, k4_scales16(sm))), acc);
     }
     *out = hsum_f32x8(acc) + hsum_f32x4(acc_m);
 }
@@ -1883,9 +1887,9 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
         m = _mm_add_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
         m = _mm_add_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
         summs = fmaf(dmin, (float)_mm_cvtsi128_si32(m), summs);
-        acc =
-            _mm256_fmadd_ps(_mm256_set1_ps(d),
-                            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, k4_scales16(sm))), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(d),
+            _mm256_cvtepi32_ps(k4_block_lanes(x[i].qs, x[i].qh, y[i].qs, k4_scales16(sm))), acc);
     }
     *out = hsum_f32x8(acc) + summs;
 }
@@ -1917,8 +1921,8 @@ QT_AVX2 static __m256i q6_K_block_lanes(const struct block_q6_K *x, const int8_t
             const __m256i lv = q6_K_part_levels(l0, l1, h, part);
             const __m256i p16 = _mm256_maddubs_epi16(
                 lv, _mm256_loadu_si256((const __m256i *)(q8 + 128 * j + 32 * part)));
-            sumi = _mm256_add_epi32(
-                sumi, _mm256_madd_epi16(p16, pick_i16(scales, PICK_PAIR + part)));
+            sumi =
+                _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, pick_i16(scales, PICK_PAIR + part)));
         }
     }
     return sumi;

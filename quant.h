@@ -91,8 +91,9 @@ int qtype_tile_sgemm_crossover(uint32_t type, int64_t n_in);
  * the order of ggml's vec_dot_f32 (used by its attention scores). */
 float qt_dot_f32(const float *x, const float *y, int64_t n);
 float qt_dot_f32_vec(const float *x, const float *y, int64_t n);
-/* Pairwise sum of 16 values stride apart (lane i + lane i+8, then +4, +2, +1), in place. */
-float qt_reduce_lanes16(float *lanes, int64_t stride);
+/* Pairwise sums of 16 rows of n values (row i at lanes + i * n): row i += row i+8, then +4,
+ * +2, +1, in place, so row 0 ends with the sums; returns its first value. */
+float qt_reduce_lanes16(float *lanes, int64_t n);
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f); /* round to nearest even, as ggml */

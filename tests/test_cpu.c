@@ -175,8 +175,10 @@ static void test_swiglu(void) {
  * must still be the bits of one vec_dot on its own quantized input, whether it shares (same x,
  * stride, tokens and activation type), differs only in type (Q8_0 next to Q4_K) or in tokens. */
 static void test_shared_inputs(void) {
-    static const struct case_shape shapes[] = {{QT_Q4_K, 512, 40, 3}, {QT_Q4_K, 512, 36, 3},
-                                               {QT_Q8_0, 512, 20, 3}, {QT_Q4_K, 512, 24, 3},
+    static const struct case_shape shapes[] = {{QT_Q4_K, 512, 40, 3},
+                                               {QT_Q4_K, 512, 36, 3},
+                                               {QT_Q8_0, 512, 20, 3},
+                                               {QT_Q4_K, 512, 24, 3},
                                                {QT_Q4_K, 512, 28, 2}};
     enum { N = sizeof shapes / sizeof *shapes };
     struct weights k[N];
@@ -184,12 +186,20 @@ static void test_shared_inputs(void) {
     for (int i = 0; i < N; i++) {
         k[i] = make_weights(&shapes[i]);
         if (i != 3) memcpy(k[i].x, k[0].x, (size_t)shapes[i].n_tok * 512 * sizeof(float));
-        p[i] = (struct cpu_product){k[i].w, i == 3 ? k[i].x : k[0].x, 512,
+        p[i] = (struct cpu_product){k[i].w,
+                                    i == 3 ? k[i].x : k[0].x,
+                                    512,
                                     malloc((size_t)3 * (size_t)shapes[i].n_out * sizeof(float)),
-                                    shapes[i].n_out, shapes[i].n_tok};
+                                    shapes[i].n_out,
+                                    shapes[i].n_tok};
     }
-    struct cpu_config cfg = {.n_threads = 2, .max_batch = 3, .max_fanout = 1, .max_in = 512,
-                             .max_act_per_token = N * 512, .max_ctx = 1, .max_head_dim = 1,
+    struct cpu_config cfg = {.n_threads = 2,
+                             .max_batch = 3,
+                             .max_fanout = 1,
+                             .max_in = 512,
+                             .max_act_per_token = N * 512,
+                             .max_ctx = 1,
+                             .max_head_dim = 1,
                              .blas_min_batch = -1};
     struct cpu_ctx *c = cpu_init(&cfg);
     cpu_matmul_many(c, p, N);

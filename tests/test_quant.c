@@ -579,8 +579,8 @@ static void test_to_float_simd(void) {
 /* rows weight rows of type (values scaled down 1000x on every third trial) and toks
  * activation rows in its vec_dot type, n values each, quantized from random floats; the
  * caller frees *x and *y. */
-static void random_operands(enum qtype type, int64_t n, int trial, int rows, int toks,
-                            uint8_t **x, uint8_t **y) {
+static void random_operands(enum qtype type, int64_t n, int trial, int rows, int toks, uint8_t **x,
+                            uint8_t **y) {
     const struct qtype_traits *tr = qtype_traits(type), *at = qtype_traits(tr->vec_dot_type);
     const size_t xb = qtype_row_size(type, n), yb = qtype_row_size(tr->vec_dot_type, n);
     float *row = xmalloc((size_t)n * sizeof(float));
