@@ -1903,14 +1903,18 @@ QT_AVX2 static void vec_dot_q5_K_q8_K_avx2(int64_t n, float *out, const void *vx
 }
 
 /* Values 32 * part .. 32 * part + 31 of a 128-value half of a Q6_K block as unsigned levels
- * (0..63): 4 low bits from ql (l0 = ql[0..31], l1 = ql[32..63]), 2 high bits from qh. */
+ * (0..63): 4 low bits from ql (l0 = ql[0..31], l1 = ql[32..63]), 2 high bits from qh, bits
+ * 2 * part and up, moved to bits 4-5 by one 16-bit shift; the mask drops what crosses bytes. */
 QT_AVX2 static __m256i q6_K_part_levels(__m256i l0, __m256i l1, __m256i h, int part) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
     const __m256i lo = part & 1 ? l1 : l0;
     const __m256i nib =
         part < 2 ? _mm256_and_si256(lo, low4) : _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4);
-    const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(h, 2 * part), two);
-    return _mm256_or_si256(nib, _mm256_slli_epi16(hi2, 4));
+    const __m256i moved = part == 0   ? _mm256_slli_epi16(h, 4)
+                          : part == 1 ? _mm256_slli_epi16(h, 2)
+                          : part == 2 ? h
+                                      : _mm256_srli_epi16(h, 2);
+    return _mm256_or_si256(nib, _mm256_and_si256(moved, bits45));
 }
 
 /* Q6_K in registers: 4 low bits from ql, 2 high bits from qh, 128 values per step; each
