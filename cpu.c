@@ -709,10 +709,9 @@ static void attend_one(const struct attn_args *a, int t, int h, float *p, float 
     int kvh = h / (a->n_head / a->n_head_kv);
     int n_kv = a->pos0 + t + 1; /* causal: this token sees itself and everything before */
     const float *q = a->q + (size_t)t * (size_t)a->q_stride + (size_t)h * (size_t)a->head_dim;
-    for (int j = 0; j < n_kv; j++) {
-        const float *k = a->k_cache + (size_t)j * (size_t)a->k_stride + (size_t)kvh * a->head_dim;
-        p[j] = qt_dot_f32_vec(q, k, a->head_dim) * a->scale;
-    }
+    qt_dot_f32_vec_rows(q, a->k_cache + (size_t)kvh * a->head_dim, a->k_stride, a->head_dim, n_kv,
+                        p);
+    for (int j = 0; j < n_kv; j++) p[j] *= a->scale;
     softmax_row(p, n_kv, 1);
     float *out = a->out + (size_t)t * (size_t)a->out_stride + (size_t)h * (size_t)a->head_dim_v;
     weighted_values(a, kvh, p, n_kv, lanes, out);

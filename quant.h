@@ -91,6 +91,9 @@ int qtype_tile_sgemm_crossover(uint32_t type, int64_t n_in);
  * the order of ggml's vec_dot_f32 (used by its attention scores). */
 float qt_dot_f32(const float *x, const float *y, int64_t n);
 float qt_dot_f32_vec(const float *x, const float *y, int64_t n);
+/* out[r] = qt_dot_f32_vec(x, rows + r * row_stride, n) for r < n_rows, bit for bit. */
+void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride, int64_t n,
+                         int64_t n_rows, float *out);
 /* Pairwise sums of 16 rows of n values (row i at lanes + i * n): row i += row i+8, then +4,
  * +2, +1, in place, so row 0 ends with the sums; returns its first value. */
 float qt_reduce_lanes16(float *lanes, int64_t n);

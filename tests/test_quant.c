@@ -658,6 +658,57 @@ static void test_rows(void) {
     }
 }
 
+/* ggml's vec_dot_f32 order written out: four 16-lane accumulators of fused multiply-adds over
+ * 64-value steps, acc 0 += 2, 1 += 3, 0 += 1, the 16 lanes halved pairwise (i += i + 8, + 4,
+ * + 2, + 1), then the rest added one product at a time. */
+static float ggml_vec_order(const float *x, const float *y, int64_t n) {
+    float acc[4][16] = {{0}};
+    const int64_t body = n / 64 * 64;
+    for (int64_t i = 0; i < body; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 16; k++)
+                acc[j][k] = fmaf(x[i + 16 * j + k], y[i + 16 * j + k], acc[j][k]);
+    for (int k = 0; k < 16; k++) acc[0][k] = (acc[0][k] + acc[2][k]) + (acc[1][k] + acc[3][k]);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) acc[0][k] += acc[0][k + w];
+    float sum = acc[0][0];
+    for (int64_t i = body; i < n; i++) {
+        const float p = x[i] * y[i];
+        sum += p;
+    }
+    return sum;
+}
+
+/* The attention scores' multi-row F32 dot: every row bit-equal to qt_dot_f32_vec and to the
+ * order above, for widths with and without a tail past the 64-value steps and row counts
+ * around DOT_ROWS (8). */
+static void test_dot_f32_rows(void) {
+    static const int64_t widths[] = {288, 576, 100, 17, 64};
+    static const int64_t counts[] = {1, 7, 8, 13};
+    enum { STRIDE = 600, MAX_ROWS = 13 };
+    float *x = malloc(STRIDE * sizeof *x), *rows = malloc(MAX_ROWS * STRIDE * sizeof *rows);
+    for (int i = 0; i < STRIDE; i++) x[i] = sinf(0.37f * (float)i) * 3.0f;
+    for (int i = 0; i < MAX_ROWS * STRIDE; i++) rows[i] = cosf(0.11f * (float)i) - 0.25f;
+    int ok = 1, cases = 0;
+    for (size_t w = 0; w < sizeof widths / sizeof *widths; w++)
+        for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+            float out[MAX_ROWS + 1];
+            out[counts[c]] = -1.0f; /* must stay */
+            qt_dot_f32_vec_rows(x, rows, STRIDE, widths[w], counts[c], out);
+            for (int64_t r = 0; r < counts[c]; r++, cases++) {
+                const float want = qt_dot_f32_vec(x, rows + r * STRIDE, widths[w]);
+                const float ggml = ggml_vec_order(x, rows + r * STRIDE, widths[w]);
+                if (memcmp(&want, &out[r], sizeof want) || memcmp(&ggml, &want, sizeof want))
+                    ok = 0;
+            }
+            if (out[counts[c]] != -1.0f) ok = 0;
+        }
+    free(x);
+    free(rows);
+    test_report("quant_dot_f32_vec_rows", ok, "%d rows bit-equal to qt_dot_f32_vec and ggml's order",
+                cases);
+}
+
 /* ---------------------------------------------------------------- test 5: traits */
 
 static void test_traits(void) {
@@ -750,6 +801,7 @@ int main(void) {
     test_to_float_simd();
     test_tiles();
     test_rows();
+    test_dot_f32_rows();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
     if (!test_file_exists(probe)) {
