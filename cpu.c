@@ -686,21 +686,10 @@ struct attn_job {
 /* out (head_dim_v) = sum over j of p[j] * v_j, in ACC_LANES lanes of fused multiply-adds (lane
  * j % ACC_LANES), reduced by qt_reduce_lanes16 a whole lane row at a time: the order of
  * llama.cpp's sgemm for P * V. */
-FMA_CLONES static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
-                                       float *lanes, float *out) {
-    int64_t v_stride = a->v_stride;
+static void weighted_values(const struct attn_args *a, int kvh, const float *p, int n_kv,
+                            float *lanes, float *out) {
     int hd = a->head_dim_v;
-    int first = n_kv < ACC_LANES ? n_kv : ACC_LANES; /* lanes that values start, not add to */
-    memset(lanes + (size_t)first * (size_t)hd, 0, (size_t)(ACC_LANES - first) * (size_t)hd * 4);
-    for (int j = 0; j < n_kv; j++) {
-        const float *v = a->v_cache + (size_t)j * (size_t)v_stride + (size_t)kvh * (size_t)hd;
-        float *l = lanes + (size_t)(j % ACC_LANES) * (size_t)hd;
-        const float p_j = p[j];
-        if (j < first) /* the fma onto a zeroed lane, without zeroing it */
-            for (int d = 0; d < hd; d++) l[d] = fmaf(p_j, v[d], 0.0f);
-        else
-            for (int d = 0; d < hd; d++) l[d] = fmaf(p_j, v[d], l[d]);
-    }
+    qt_fma_lanes16(p, n_kv, a->v_cache + (size_t)kvh * (size_t)hd, a->v_stride, hd, lanes);
     qt_reduce_lanes16(lanes, hd);
     memcpy(out, lanes, (size_t)hd * sizeof *out);
 }

@@ -534,6 +534,26 @@ QT_FMA_CLONES void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_
     }
 }
 
+/* lanes[l * width + d] = sum over j = l (mod 16) of p[j] * rows[j * row_stride + d], fused
+ * multiply-adds in increasing j from zero. */
+static void fma_lanes16(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                        int64_t width, float *lanes) {
+    memset(lanes, 0, 16 * (size_t)width * sizeof *lanes);
+    for (int64_t j = 0; j < n; j++) {
+        float *l = lanes + (j % 16) * width;
+        const float *v = rows + j * row_stride;
+        for (int64_t d = 0; d < width; d++) l[d] = fmaf(p[j], v[d], l[d]);
+    }
+}
+
+static void fma_lanes16_best(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                             int64_t width, float *lanes);
+
+void qt_fma_lanes16(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                    int64_t width, float *lanes) {
+    fma_lanes16_best(p, n, rows, row_stride, width, lanes);
+}
+
 float qt_dot_f32(const float *x, const float *y, int64_t n) {
     return n % 16 == 0 ? dot_f32_sgemm_order(x, y, n) : dot_f32_vec_order(x, y, n);
 }
@@ -2079,6 +2099,57 @@ QT_AVX2 static float dot_f32_vec_steps_avx2(const float *x, const float *y, int6
     return hsum_f32x8(_mm256_add_ps(lo, hi));
 }
 
+/* fma_lanes16 by 8 columns and 8 lanes at a time: 8 independent chains in registers (one
+ * per lane), where the row-by-row form loaded and stored every lane value once per row. The
+ * same fused steps in the same order per lane and column, so the same bits. */
+QT_AVX2 static void fma_lanes16_avx2(const float *p, int64_t n, const float *rows,
+                                     int64_t row_stride, int64_t width, float *lanes) {
+    const int64_t wide = width & ~(int64_t)7;
+    for (int64_t d0 = 0; d0 < wide; d0 += 8)
+        for (int half = 0; half < 16; half += 8) {
+            /* named, not an array, so that they stay in registers */
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+                   a7 = a0;
+            const float *v = rows + d0;
+#define LANE_STEP(a, j)                                                                            \
+    a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + (j) * row_stride), a)
+            int64_t j0 = half;
+            for (; j0 + 8 <= n; j0 += 16) {
+                LANE_STEP(a0, j0);
+                LANE_STEP(a1, j0 + 1);
+                LANE_STEP(a2, j0 + 2);
+                LANE_STEP(a3, j0 + 3);
+                LANE_STEP(a4, j0 + 4);
+                LANE_STEP(a5, j0 + 5);
+                LANE_STEP(a6, j0 + 6);
+                LANE_STEP(a7, j0 + 7);
+            }
+            if (j0 < n) LANE_STEP(a0, j0); /* the last rows, fewer than 8 of this half */
+            if (j0 + 1 < n) LANE_STEP(a1, j0 + 1);
+            if (j0 + 2 < n) LANE_STEP(a2, j0 + 2);
+            if (j0 + 3 < n) LANE_STEP(a3, j0 + 3);
+            if (j0 + 4 < n) LANE_STEP(a4, j0 + 4);
+            if (j0 + 5 < n) LANE_STEP(a5, j0 + 5);
+            if (j0 + 6 < n) LANE_STEP(a6, j0 + 6);
+#undef LANE_STEP
+            float *out = lanes + half * width + d0;
+            _mm256_storeu_ps(out, a0);
+            _mm256_storeu_ps(out + width, a1);
+            _mm256_storeu_ps(out + 2 * width, a2);
+            _mm256_storeu_ps(out + 3 * width, a3);
+            _mm256_storeu_ps(out + 4 * width, a4);
+            _mm256_storeu_ps(out + 5 * width, a5);
+            _mm256_storeu_ps(out + 6 * width, a6);
+            _mm256_storeu_ps(out + 7 * width, a7);
+        }
+    for (int64_t d = wide; d < width; d++)
+        for (int l = 0; l < 16; l++) {
+            float acc = 0.0f;
+            for (int64_t j = l; j < n; j += 16) acc = fmaf(p[j], rows[j * row_stride + d], acc);
+            lanes[l * width + d] = acc;
+        }
+}
+
 /* Every x86 CPU with AVX2 also has F16C (Intel since Ivy Bridge, AMD since Piledriver), and
  * clang's __builtin_cpu_supports cannot name f16c, so AVX2 and FMA are what we test. */
 static int qt_cpu_has_avx2(void) {
@@ -2086,6 +2157,10 @@ static int qt_cpu_has_avx2(void) {
 }
 
 /* Dispatchers: one CPU feature test per row, cheap next to a row of blocks. */
+static void fma_lanes16_best(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                             int64_t width, float *lanes) {
+    (qt_cpu_has_avx2() ? fma_lanes16_avx2 : fma_lanes16)(p, n, rows, row_stride, width, lanes);
+}
 static float dot_f32_vec_steps_best(const float *x, const float *y, int64_t body) {
     return (qt_cpu_has_avx2() ? dot_f32_vec_steps_avx2 : dot_f32_vec_steps)(x, y, body);
 }
@@ -2174,6 +2249,10 @@ static void vec_dot_q5_0_rows_best(int64_t n, const void *x, size_t x_stride, co
 #define Q5_0_ROWS_FN NULL /* and row by row */
 static float dot_f32_vec_steps_best(const float *x, const float *y, int64_t body) {
     return dot_f32_vec_steps(x, y, body);
+}
+static void fma_lanes16_best(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                             int64_t width, float *lanes) {
+    fma_lanes16(p, n, rows, row_stride, width, lanes);
 }
 #define vec_dot_q8_0_q8_0_best vec_dot_q8_0_q8_0
 #define vec_dot_q4_0_q8_0_best vec_dot_q4_0_q8_0

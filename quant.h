@@ -94,6 +94,11 @@ float qt_dot_f32_vec(const float *x, const float *y, int64_t n);
 /* out[r] = qt_dot_f32_vec(x, rows + r * row_stride, n) for r < n_rows, bit for bit. */
 void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride, int64_t n,
                          int64_t n_rows, float *out);
+/* lanes[l * width + d] (16 lanes) = the sum over rows j = l (mod 16), j < n, of
+ * p[j] * rows[j * row_stride + d], as fused multiply-adds in increasing j from zero: the lanes
+ * of llama.cpp's sgemm for P * V, before qt_reduce_lanes16. */
+void qt_fma_lanes16(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                    int64_t width, float *lanes);
 /* Pairwise sums of 16 rows of n values (row i at lanes + i * n): row i += row i+8, then +4,
  * +2, +1, in place, so row 0 ends with the sums; returns its first value. */
 float qt_reduce_lanes16(float *lanes, int64_t n);

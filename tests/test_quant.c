@@ -709,6 +709,33 @@ static void test_dot_f32_rows(void) {
                 cases);
 }
 
+/* P * V's lanes: qt_fma_lanes16 bit-equal to the row-by-row form (lane j % 16 += p[j] * row j,
+ * fused, from zero) for row counts below, at and past 16 and widths with a remainder of 8. */
+static void test_fma_lanes16(void) {
+    static const int64_t counts[] = {1, 5, 16, 17, 40, 300};
+    static const int64_t widths[] = {256, 64, 12, 3};
+    enum { STRIDE = 260, MAX_N = 300 };
+    float *p = malloc(MAX_N * sizeof *p), *rows = malloc(MAX_N * STRIDE * sizeof *rows);
+    float *got = malloc(16 * STRIDE * sizeof *got), *want = malloc(16 * STRIDE * sizeof *want);
+    for (int j = 0; j < MAX_N; j++) p[j] = 1.0f / (float)(j + 3);
+    for (int i = 0; i < MAX_N * STRIDE; i++) rows[i] = sinf(0.013f * (float)i) * 2.0f - 0.5f;
+    int ok = 1, cases = 0;
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++)
+        for (size_t w = 0; w < sizeof widths / sizeof *widths; w++, cases++) {
+            const int64_t n = counts[c], width = widths[w];
+            memset(want, 0, 16 * (size_t)width * sizeof *want);
+            for (int64_t j = 0; j < n; j++)
+                for (int64_t d = 0; d < width; d++)
+                    want[j % 16 * width + d] =
+                        fmaf(p[j], rows[j * STRIDE + d], want[j % 16 * width + d]);
+            memset(got, 0xff, 16 * (size_t)width * sizeof *got); /* NaNs where nothing wrote */
+            qt_fma_lanes16(p, n, rows, STRIDE, width, got);
+            if (memcmp(got, want, 16 * (size_t)width * sizeof *got)) ok = 0;
+        }
+    free(p), free(rows), free(got), free(want);
+    test_report("quant_fma_lanes16", ok, "%d cases bit-equal to the row-by-row lanes", cases);
+}
+
 /* ---------------------------------------------------------------- test 5: traits */
 
 static void test_traits(void) {
@@ -802,6 +829,7 @@ int main(void) {
     test_tiles();
     test_rows();
     test_dot_f32_rows();
+    test_fma_lanes16();
     char probe[1024];
     snprintf(probe, sizeof probe, "%s/compat/llama/llama-F32.gguf", root);
     if (!test_file_exists(probe)) {
