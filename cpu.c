@@ -196,6 +196,7 @@ struct matmul_job {
     size_t act_off[CPU_MAX_PRODUCTS];  /* each product's first activation row in c->act */
     size_t act_row[CPU_MAX_PRODUCTS];  /* bytes per activation row (0: rows are the floats) */
     int act_reused[CPU_MAX_PRODUCTS];  /* an earlier product quantizes the same input */
+    int64_t act_rows;                  /* input rows to quantize, over all products */
     int64_t row_end[CPU_MAX_PRODUCTS]; /* running total of output rows */
     int64_t tok_end[CPU_MAX_PRODUCTS]; /* running total of input rows */
     atomic_llong next_row;             /* the next unit of row_end's running total to take */
@@ -429,6 +430,7 @@ static size_t plan_products(struct matmul_job *j) {
         j->act_reused[i] = k >= 0;
         j->act_off[i] = k >= 0 ? j->act_off[k] : off;
         if (k < 0) off += j->act_row[i] * (size_t)p->n_tok;
+        if (k < 0 && j->act_row[i]) j->act_rows += p->n_tok;
         rows += p->n_tok ? p->w.n_out : 0;
         toks += p->n_tok;
         j->row_end[i] = rows;
@@ -492,7 +494,12 @@ void cpu_matmul_many(struct cpu_ctx *c, const struct cpu_product *p, int n) {
     size_t act_bytes = plan_products(&j);
     if (act_bytes > c->act_bytes)
         die("activations of %zu bytes exceed the %zu sized at load", act_bytes, c->act_bytes);
-    if (act_bytes) cpu_parallel(c, quantize_activations, &j);
+    /* A single row to quantize (decode, where the products share xb or there is one) goes to
+     * one thread whatever the split: the caller does it, without a job and its barrier */
+    if (j.act_rows == 1)
+        quantize_activations(&j, 0, 1);
+    else if (j.act_rows)
+        cpu_parallel(c, quantize_activations, &j);
     atomic_store(&j.next_row, 0);
     cpu_parallel(c, matmul_rows_quantized, &j);
 }
