@@ -477,7 +477,7 @@ static void f32_from_float(const float *src, void *dst, int64_t n) {
 #define QT_FMA_CLONES
 #endif
 
-float qt_reduce_lanes16(float *lanes, int64_t n) {
+QT_FMA_CLONES float qt_reduce_lanes16(float *lanes, int64_t n) {
     for (int w = 8; w >= 1; w /= 2)
         for (int i = 0; i < w; i++)
             for (int64_t d = 0; d < n; d++) lanes[i * n + d] += lanes[(i + w) * n + d];
