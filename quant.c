@@ -477,12 +477,16 @@ static void f32_from_float(const float *src, void *dst, int64_t n) {
 #define QT_FMA_CLONES
 #endif
 
-QT_FMA_CLONES float qt_reduce_lanes16(float *lanes, int64_t n) {
+/* Clones stay static: clang 14 leaves an exported target_clones function undefined for
+ * callers in other files. */
+QT_FMA_CLONES static float reduce_lanes16(float *lanes, int64_t n) {
     for (int w = 8; w >= 1; w /= 2)
         for (int i = 0; i < w; i++)
             for (int64_t d = 0; d < n; d++) lanes[i * n + d] += lanes[(i + w) * n + d];
     return lanes[0];
 }
+
+float qt_reduce_lanes16(float *lanes, int64_t n) { return reduce_lanes16(lanes, n); }
 
 QT_FMA_CLONES static float dot_f32_sgemm_order(const float *x, const float *y, int64_t n) {
     float l[16] = {0};
@@ -520,8 +524,8 @@ static float dot_f32_vec_order(const float *x, const float *y, int64_t n) {
  * the 256 before them cost less); DOT_ROWS rows' chains run side by side, each in its order. */
 enum { DOT_ROWS = 8 };
 
-QT_FMA_CLONES void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride,
-                                       int64_t n, int64_t n_rows, float *out) {
+QT_FMA_CLONES static void dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride,
+                                           int64_t n, int64_t n_rows, float *out) {
     const int64_t body = n & ~(int64_t)63;
     for (int64_t r0 = 0; r0 < n_rows; r0 += DOT_ROWS) {
         const int m = n_rows - r0 < DOT_ROWS ? (int)(n_rows - r0) : DOT_ROWS;
@@ -532,6 +536,11 @@ QT_FMA_CLONES void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_
             for (int r = 0; r < m; r++) sum[r] += x[i] * y[r * row_stride + i];
         memcpy(out + r0, sum, (size_t)m * sizeof *sum);
     }
+}
+
+void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride, int64_t n,
+                         int64_t n_rows, float *out) {
+    dot_f32_vec_rows(x, rows, row_stride, n, n_rows, out);
 }
 
 /* lanes[l * width + d] = sum over j = l (mod 16) of p[j] * rows[j * row_stride + d], fused
