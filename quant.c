@@ -513,13 +513,6 @@ static float dot_f32_vec_steps(const float *x, const float *y, int64_t body) {
 
 static float dot_f32_vec_steps_best(const float *x, const float *y, int64_t body);
 
-static float dot_f32_vec_order(const float *x, const float *y, int64_t n) {
-    const int64_t body = n & ~(int64_t)63;
-    float sum = dot_f32_vec_steps_best(x, y, body);
-    for (int64_t i = body; i < n; ++i) sum += x[i] * y[i];
-    return sum;
-}
-
 /* The tail's additions are one serial chain per row (32 values cost about 100 cycles where
  * the 256 before them cost less); DOT_ROWS rows' chains run side by side, each in its order. */
 enum { DOT_ROWS = 8 };
@@ -543,16 +536,28 @@ void qt_dot_f32_vec_rows(const float *x, const float *rows, int64_t row_stride, 
     dot_f32_vec_rows(x, rows, row_stride, n, n_rows, out);
 }
 
-/* lanes[l * width + d] = sum over j = l (mod 16) of p[j] * rows[j * row_stride + d], fused
- * multiply-adds in increasing j from zero. */
-static void fma_lanes16(const float *p, int64_t n, const float *rows, int64_t row_stride,
-                        int64_t width, float *lanes) {
-    memset(lanes, 0, 16 * (size_t)width * sizeof *lanes);
+static float dot_f32_vec_order(const float *x, const float *y, int64_t n) {
+    float sum;
+    dot_f32_vec_rows(x, y, 0, n, 1, &sum);
+    return sum;
+}
+
+/* lanes[l * width + d] for columns d from `from` on = sum over j = l (mod 16) of
+ * p[j] * rows[j * row_stride + d], fused multiply-adds in increasing j from zero. */
+static void fma_lanes16_cols(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                             int64_t width, int64_t from, float *lanes) {
+    for (int l = 0; l < 16; l++)
+        memset(lanes + l * width + from, 0, (size_t)(width - from) * sizeof *lanes);
     for (int64_t j = 0; j < n; j++) {
         float *l = lanes + (j % 16) * width;
         const float *v = rows + j * row_stride;
-        for (int64_t d = 0; d < width; d++) l[d] = fmaf(p[j], v[d], l[d]);
+        for (int64_t d = from; d < width; d++) l[d] = fmaf(p[j], v[d], l[d]);
     }
+}
+
+static void fma_lanes16(const float *p, int64_t n, const float *rows, int64_t row_stride,
+                        int64_t width, float *lanes) {
+    fma_lanes16_cols(p, n, rows, row_stride, width, 0, lanes);
 }
 
 static void fma_lanes16_best(const float *p, int64_t n, const float *rows, int64_t row_stride,
@@ -2154,12 +2159,7 @@ QT_AVX2 static void fma_lanes16_avx2(const float *p, int64_t n, const float *row
             _mm256_storeu_ps(out + 6 * width, a6);
             _mm256_storeu_ps(out + 7 * width, a7);
         }
-    for (int64_t d = wide; d < width; d++)
-        for (int l = 0; l < 16; l++) {
-            float acc = 0.0f;
-            for (int64_t j = l; j < n; j += 16) acc = fmaf(p[j], rows[j * row_stride + d], acc);
-            lanes[l * width + d] = acc;
-        }
+    fma_lanes16_cols(p, n, rows, row_stride, width, wide, lanes); /* the last width % 8 */
 }
 
 /* Every x86 CPU with AVX2 also has F16C (Intel since Ivy Bridge, AMD since Piledriver), and
