@@ -27,6 +27,12 @@ int vk_get_rows_kernel(uint32_t qtype) {
     return k < 0 ? -1 : k - VK_MUL_MAT_F32 + VK_GET_ROWS_F32;
 }
 
+int vk_mul_mat_fused_kernel(uint32_t qtype, enum vk_mm_fuse fuse) {
+    static const int first[] = {VK_MUL_MAT_F32, VK_MUL_MAT_SWIGLU_F32, VK_MUL_MAT_GATE_UP_F32};
+    int k = vk_mul_mat_kernel(qtype);
+    return k < 0 ? -1 : k - VK_MUL_MAT_F32 + first[fuse];
+}
+
 int vk_built(void) {
 #ifdef MOERUN_VULKAN
     return 1;
@@ -76,6 +82,9 @@ void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t 
 }
 void vk_barrier(struct vk_ctx *c) { (void)c; }
 int vk_submit(struct vk_ctx *c) { return (void)c, not_built(); }
+struct vk_recorded vk_last_recorded(const struct vk_ctx *c) {
+    return (void)c, (struct vk_recorded){0, 0};
+}
 void vk_profile_enable(struct vk_ctx *c, int on) { (void)c, (void)on; }
 void vk_profile_report(struct vk_ctx *c, FILE *out) { (void)c, (void)out; }
 
@@ -91,23 +100,29 @@ static const struct {
     const char *name;
     const uint32_t *code;
     size_t bytes;
+    uint32_t spec; /* specialization constant 0 (the shader's compile-time switch) */
 } kernels[VK_KERNEL_COUNT] = {
-#define MM_ROW(t) [VK_MUL_MAT_##t] = {"mul_mat_" #t, spv_mul_mat_##t, sizeof spv_mul_mat_##t},
-    VK_QTYPE_LIST(MM_ROW)
+#define MM_ROW(t, e, name, spec) [e##t] = {name #t, spv_mul_mat_##t, sizeof spv_mul_mat_##t, spec},
+#define MM_PLAIN(t) MM_ROW(t, VK_MUL_MAT_, "mul_mat_", 0)
+#define MM_SWIGLU(t) MM_ROW(t, VK_MUL_MAT_SWIGLU_, "mul_mat_swiglu_", 1)
+#define MM_GATE_UP(t) MM_ROW(t, VK_MUL_MAT_GATE_UP_, "mul_mat_gate_up_", 2)
+    VK_QTYPE_LIST(MM_PLAIN) VK_QTYPE_LIST(MM_SWIGLU) VK_QTYPE_LIST(MM_GATE_UP)
+#undef MM_GATE_UP
+#undef MM_SWIGLU
+#undef MM_PLAIN
 #undef MM_ROW
-#define GR_ROW(t) [VK_GET_ROWS_##t] = {"get_rows_" #t, spv_get_rows_##t, sizeof spv_get_rows_##t},
+#define GR_ROW(t)                                                                                  \
+    [VK_GET_ROWS_##t] = {"get_rows_" #t, spv_get_rows_##t, sizeof spv_get_rows_##t, 0},
         VK_QTYPE_LIST(GR_ROW)
 #undef GR_ROW
-#define K_ROW(e, n) [e] = {#n, spv_##n, sizeof spv_##n}
+#define K_ROW(e, n) [e] = {#n, spv_##n, sizeof spv_##n, 0}
             K_ROW(VK_RMSNORM, rmsnorm),
     K_ROW(VK_ROPE, rope),
     K_ROW(VK_ATTENTION, attention),
-    K_ROW(VK_SWIGLU, swiglu),
     K_ROW(VK_ADD, add),
     K_ROW(VK_COPY2D, copy2d),
     K_ROW(VK_ROUTER, router),
     K_ROW(VK_MOE_SUM, moe_sum),
-    K_ROW(VK_GATED_ADD, gated_add),
 #undef K_ROW
 };
 
@@ -191,6 +206,8 @@ struct vk_ctx {
     struct vk_buf staging;
     VkResult failed; /* first recording error, reported by vk_submit */
     const char *failed_call;
+    struct vk_recorded recording, last; /* this command buffer's, the last submitted one's */
+    int dispatched;                     /* a dispatch since the last barrier */
     /* --profile */
     int profile;
     VkQueryPool queries;
@@ -212,12 +229,13 @@ static const char *result_name(VkResult r) {
         R(VK_NOT_READY)
         R(VK_TIMEOUT)
         R(VK_INCOMPLETE)
-        R(VK_ERROR_OUT_OF_HOST_MEMORY) R(VK_ERROR_OUT_OF_DEVICE_MEMORY)
-            R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED)
-                R(VK_ERROR_LAYER_NOT_PRESENT) R(VK_ERROR_EXTENSION_NOT_PRESENT)
-                    R(VK_ERROR_FEATURE_NOT_PRESENT) R(VK_ERROR_INCOMPATIBLE_DRIVER)
-                        R(VK_ERROR_TOO_MANY_OBJECTS) R(VK_ERROR_FORMAT_NOT_SUPPORTED)
-                            R(VK_ERROR_INVALID_SHADER_NV) R(VK_ERROR_UNKNOWN)
+        R(VK_ERROR_OUT_OF_HOST_MEMORY)
+        R(VK_ERROR_OUT_OF_DEVICE_MEMORY) R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST)
+            R(VK_ERROR_MEMORY_MAP_FAILED) R(VK_ERROR_LAYER_NOT_PRESENT)
+                R(VK_ERROR_EXTENSION_NOT_PRESENT) R(VK_ERROR_FEATURE_NOT_PRESENT)
+                    R(VK_ERROR_INCOMPATIBLE_DRIVER) R(VK_ERROR_TOO_MANY_OBJECTS)
+                        R(VK_ERROR_FORMAT_NOT_SUPPORTED) R(VK_ERROR_INVALID_SHADER_NV)
+                            R(VK_ERROR_UNKNOWN)
 #undef R
                                 default : return "VkResult";
     }
@@ -694,6 +712,8 @@ int vk_begin(struct vk_ctx *c) {
     c->bound = VK_NULL_HANDLE;
     c->failed = VK_SUCCESS;
     c->n_queries = 0;
+    c->recording = (struct vk_recorded){0, 0};
+    c->dispatched = 0;
     VK_TRY("vkResetCommandBuffer", vkResetCommandBuffer(c->cmd, 0));
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
@@ -714,12 +734,15 @@ static VkPipeline pipeline(struct vk_ctx *c, enum vk_kernel k) {
         c->failed = r, c->failed_call = "vkCreateShaderModule";
         return VK_NULL_HANDLE;
     }
+    VkSpecializationMapEntry entry = {0, 0, sizeof(uint32_t)};
+    VkSpecializationInfo spec = {1, &entry, sizeof(uint32_t), &kernels[k].spec};
     VkComputePipelineCreateInfo pi = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
                   .stage = VK_SHADER_STAGE_COMPUTE_BIT,
                   .module = mod,
-                  .pName = "main"},
+                  .pName = "main",
+                  .pSpecializationInfo = kernels[k].spec ? &spec : NULL},
         .layout = c->layout};
     r = vkCreateComputePipelines(c->dev, VK_NULL_HANDLE, 1, &pi, NULL, &c->pipes[k]);
     vkDestroyShaderModule(c->dev, mod, NULL);
@@ -744,6 +767,8 @@ void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t 
     if (timed)
         vkCmdWriteTimestamp(c->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, c->queries, c->n_queries);
     vkCmdDispatch(c->cmd, gx, gy, gz);
+    c->recording.dispatches++;
+    c->dispatched = 1;
     if (timed) {
         vkCmdWriteTimestamp(c->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, c->queries,
                             c->n_queries + 1);
@@ -753,6 +778,9 @@ void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t 
 }
 
 void vk_barrier(struct vk_ctx *c) {
+    if (!c->dispatched) return;
+    c->dispatched = 0;
+    c->recording.barriers++;
     VkMemoryBarrier mb = {
         .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
@@ -789,6 +817,7 @@ int vk_submit(struct vk_ctx *c) {
     VK_TRY("vkResetFences", vkResetFences(c->dev, 1, &c->fence));
     VK_TRY("vkQueueSubmit", vkQueueSubmit(c->queue, 1, &si, c->fence));
     VK_TRY("vkWaitForFences", vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX));
+    c->last = c->recording;
     collect_profile(c);
     if (validation_errors) {
         err_set("vulkan: the validation layer reported %d errors (above)", validation_errors);
@@ -812,6 +841,7 @@ static int staged_copy(struct vk_ctx *c, const struct vk_buf *b, size_t off, voi
         VkBufferCopy region = {upload ? 0 : off + done, upload ? off + done : 0, chunk};
         vkCmdCopyBuffer(c->cmd, upload ? stage->buf : dev->buf, upload ? dev->buf : stage->buf, 1,
                         &region);
+        c->dispatched = 1; /* the copy's writes, for the barrier */
         vk_barrier(c);
         int profile = c->profile;
         c->profile = 0;
@@ -834,6 +864,10 @@ int vk_download(struct vk_ctx *c, const struct vk_buf *src, size_t off, void *ds
 
 void vk_profile_enable(struct vk_ctx *c, int on) { c->profile = on; }
 
+struct vk_recorded vk_last_recorded(const struct vk_ctx *c) {
+    return c->last;
+}
+
 void vk_profile_report(struct vk_ctx *c, FILE *out) {
     double total = 0;
     for (int k = 0; k < VK_KERNEL_COUNT; k++) total += c->kernel_ms[k];
@@ -847,6 +881,8 @@ void vk_profile_report(struct vk_ctx *c, FILE *out) {
                 total > 0 ? 100.0 * c->kernel_ms[k] / total : 0.0);
     }
     fprintf(out, "%-16s %10s %10.2f\n", "total", "", total);
+    fprintf(out, "the last submission recorded %u dispatches and %u barriers\n", c->last.dispatches,
+            c->last.barriers);
 }
 
 #endif

@@ -23,20 +23,27 @@ enum vk_kernel {
 #define VK_GR_ENUM(t) VK_GET_ROWS_##t,
         VK_QTYPE_LIST(VK_GR_ENUM)
 #undef VK_GR_ENUM
-            VK_RMSNORM,
+#define VK_MMS_ENUM(t) VK_MUL_MAT_SWIGLU_##t,
+            VK_QTYPE_LIST(VK_MMS_ENUM)
+#undef VK_MMS_ENUM
+#define VK_MMG_ENUM(t) VK_MUL_MAT_GATE_UP_##t,
+                VK_QTYPE_LIST(VK_MMG_ENUM)
+#undef VK_MMG_ENUM
+                    VK_RMSNORM,
     VK_ROPE,
     VK_ATTENTION,
-    VK_SWIGLU,
     VK_ADD,
     VK_COPY2D,
     VK_ROUTER,
     VK_MOE_SUM,
-    VK_GATED_ADD,
     VK_KERNEL_COUNT
 };
 
-/* The mul_mat / get_rows kernel for a ggml type, or -1 when the GPU path lacks it. */
+/* The mul_mat / get_rows kernel for a ggml type, or -1 when the GPU path lacks it.
+ * vk_mul_mat_fused_kernel: mul_mat specialized for a SwiGLU (enum vk_mm_fuse; vk_ops.h). */
 int vk_mul_mat_kernel(uint32_t qtype);
+enum vk_mm_fuse { VK_MM_PLAIN, VK_MM_SWIGLU_IN, VK_MM_GATE_UP };
+int vk_mul_mat_fused_kernel(uint32_t qtype, enum vk_mm_fuse fuse);
 int vk_get_rows_kernel(uint32_t qtype);
 
 struct vk_ctx;
@@ -77,9 +84,17 @@ int vk_download(struct vk_ctx *c, const struct vk_buf *src, size_t off, void *ds
 int vk_begin(struct vk_ctx *c);
 void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t push_bytes,
                  uint32_t gx, uint32_t gy, uint32_t gz);
-/* Makes every earlier dispatch's writes visible to every later one. */
+/* Makes every earlier dispatch's writes visible to every later one (nothing is recorded when
+ * no dispatch came since the last barrier). */
 void vk_barrier(struct vk_ctx *c);
 int vk_submit(struct vk_ctx *c);
+
+/* What the last submission recorded: dispatches and barriers (decode cost on a GPU is mostly
+ * their latency, so the forward pass is kept to few of each). */
+struct vk_recorded {
+    uint32_t dispatches, barriers;
+};
+struct vk_recorded vk_last_recorded(const struct vk_ctx *c);
 
 /* --profile: per-kernel GPU time from timestamp queries around every dispatch. */
 void vk_profile_enable(struct vk_ctx *c, int on);

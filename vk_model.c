@@ -32,8 +32,9 @@ struct vk_model {
     int n_gpu_layers, cpu_moe, profile, shared;
     struct vk_buf cache, scratch, io;
     /* scratch (device) */
-    uint64_t x, xb, q, q_att, kv, v, att, att_v, gate, up, proj, moe_in, moe_out, router_logits,
+    uint64_t x, xb, q, q_att, kv, att, att_v, gate, up, proj, moe_in, moe_out, router_logits,
         expert_w, expert_ids, shexp_gate;
+    uint64_t sh_gate, sh_up; /* the shared experts' own, as they run beside the routed ones */
     /* io (host-visible): the batch's tokens and positions in, logits out, and with cpu_moe or
      * CPU layers the rows the CPU reads and writes between submissions */
     int32_t *tokens_h, *pos_h;
@@ -154,7 +155,6 @@ static void layout_scratch(struct model *m, struct vk_model *g, struct carver *c
     g->q = carve(c, B * (uint64_t)w.q * 4, NULL);
     g->q_att = carve(c, B * hp->n_head * (uint64_t)m->ag.q_head * 4, NULL);
     g->kv = carve(c, B * (uint64_t)w.kv * 4, NULL);
-    g->v = carve(c, B * (uint64_t)(m->ag.kv_v ? m->ag.kv_v : 1) * 4, NULL);
     g->att = carve(c, B * (uint64_t)w.att * 4, NULL);
     g->att_v = carve(c, B * (uint64_t)w.att_v * 4, NULL);
     g->gate = carve(c, B * used * (uint64_t)w.ff * 4, NULL);
@@ -165,6 +165,9 @@ static void layout_scratch(struct model *m, struct vk_model *g, struct carver *c
     g->expert_w = carve(c, B * used * 4, NULL);
     g->expert_ids = carve(c, B * used * 4, NULL);
     g->shexp_gate = carve(c, B * 4, NULL);
+    uint64_t sh_ff = hp->n_ff_shexp ? hp->n_ff_shexp : 1;
+    g->sh_gate = carve(c, B * sh_ff * 4, NULL);
+    g->sh_up = carve(c, B * sh_ff * 4, NULL);
 }
 
 static void layout_io(struct model *m, struct vk_model *g, struct carver *c) {
@@ -389,6 +392,8 @@ static uint32_t groups(uint64_t n, uint32_t per) {
 /* A product's operands beyond the weight: strides and batch (z) layout, in floats. */
 struct mm_args {
     uint64_t x, y, ids;
+    uint64_t x_up; /* 0, or SwiGLU's up rows: the input is silu(x) * up */
+    uint64_t w_up; /* 0, or the up matrix's row 0 (gate's layout): y = silu(gate) * up */
     uint32_t n_tok, x_stride, y_stride;
     uint32_t nz, x_zstride, y_zstride, x_zdiv;
     uint64_t w_offset; /* bytes into the weight (a row range) */
@@ -403,6 +408,7 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
     struct vk_mul_mat_push p = {
         .x = a->x,
         .ids = a->ids,
+        .x_up = a->x_up,
         .w_zstride = w->matrix_bytes,
         .n_in = (uint32_t)w->m.n_in,
         .n_tok = a->n_tok,
@@ -413,14 +419,17 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
         .y_zstride = a->y_zstride,
         .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
     };
-    uint32_t chunk = MAX_GROUPS * VK_MM_ROWS;
+    enum vk_mm_fuse fuse = a->w_up ? VK_MM_GATE_UP : a->x_up ? VK_MM_SWIGLU_IN : VK_MM_PLAIN;
+    uint32_t rows = fuse == VK_MM_GATE_UP ? 1 : VK_MM_ROWS, chunk = MAX_GROUPS * rows;
     for (uint32_t r0 = 0; r0 < n_out; r0 += chunk) {
-        p.w = w->addr + a->w_offset + (uint64_t)r0 * w->m.row_bytes;
+        uint64_t row0 = a->w_offset + (uint64_t)r0 * w->m.row_bytes;
+        p.w = w->addr + row0;
+        p.w_up = a->w_up ? a->w_up + (uint64_t)r0 * w->m.row_bytes : 0;
         p.y = a->y + 4 * (uint64_t)r0;
         p.n_out = n_out - r0 < chunk ? n_out - r0 : chunk;
-        vk_dispatch(g->vk, (enum vk_kernel)vk_mul_mat_kernel(w->m.type), &p, sizeof p,
-                    (p.n_out + VK_MM_ROWS - 1) / VK_MM_ROWS,
-                    (a->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS, a->nz ? a->nz : 1);
+        vk_dispatch(g->vk, (enum vk_kernel)vk_mul_mat_fused_kernel(w->m.type, fuse), &p, sizeof p,
+                    (p.n_out + rows - 1) / rows, (a->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS,
+                    a->nz ? a->nz : 1);
     }
 }
 
@@ -466,17 +475,27 @@ static void copy2d(struct vk_model *g, uint64_t src, uint32_t src_stride, uint64
     }
 }
 
-static void rope(struct model *m, uint64_t x, int n_tok, int n_head, int64_t head_stride,
-                 int64_t row_stride, uint64_t freq_factors) {
+/* Heads at addr + t * row + h * head (floats). */
+struct heads {
+    uint64_t addr;
+    int64_t head, row;
+};
+
+/* Rotates the heads of src into dst (src itself: in place). */
+static void rope(struct model *m, struct heads src, struct heads dst, int n_tok, int n_head,
+                 uint64_t freq_factors) {
     const struct rope_params *r = &m->rope;
     struct vk_rope_push p = {
-        x,
+        src.addr,
+        dst.addr,
         m->gpu->pos,
         freq_factors,
         (uint32_t)n_tok,
         (uint32_t)n_head,
-        (uint32_t)head_stride,
-        (uint32_t)row_stride,
+        (uint32_t)src.head,
+        (uint32_t)src.row,
+        (uint32_t)dst.head,
+        (uint32_t)dst.row,
         (uint32_t)r->n_rot,
         (uint32_t)r->mode,
         powf(r->freq_base, -2.0f / (float)r->n_rot),
@@ -512,11 +531,6 @@ static void attention(struct vk_model *g, const struct attn_args *a, uint64_t q,
     vk_dispatch(g->vk, VK_ATTENTION, &p, sizeof p, (uint32_t)a->n_head, (uint32_t)a->n_tok, 1);
 }
 
-static void swiglu(struct vk_model *g, uint64_t gate, uint64_t up, uint64_t n) {
-    struct vk_swiglu_push p = {gate, up, gate, (uint32_t)n, 0};
-    vk_dispatch(g->vk, VK_SWIGLU, &p, sizeof p, groups(n, VK_EW_GROUP), 1, 1);
-}
-
 #define BARRIER() vk_barrier(g->vk)
 
 /* ---- the forward pass ---- */
@@ -537,29 +551,28 @@ static void gqa_attention(struct model *m, int il, int n_tok, int pos0) {
     uint64_t kc = g->k_cache + (uint64_t)il * g->k_cache_layer;
     uint64_t vc = g->v_cache + (uint64_t)il * g->v_cache_layer;
 
+    /* k and v straight into the cache rows of these positions; bias, norm and rope in place */
+    uint64_t k_rows = f32_at(kc, (uint64_t)pos0 * ag->kv_k);
+    uint64_t v_rows = f32_at(vc, (uint64_t)pos0 * ag->kv_v);
     matmul(g, &L[W_ATTN_Q], g->xb, n_tok, g->q);
-    matmul(g, &L[W_ATTN_K], g->xb, n_tok, g->kv);
-    matmul(g, &L[W_ATTN_V], g->xb, n_tok, g->v);
+    matmul(g, &L[W_ATTN_K], g->xb, n_tok, k_rows);
+    matmul(g, &L[W_ATTN_V], g->xb, n_tok, v_rows);
     BARRIER();
     add_bias(g, g->q, &L[W_ATTN_Q_BIAS], n_tok, q_row);
-    add_bias(g, g->kv, &L[W_ATTN_K_BIAS], n_tok, ag->kv_k);
-    add_bias(g, g->v, &L[W_ATTN_V_BIAS], n_tok, ag->kv_v);
+    add_bias(g, k_rows, &L[W_ATTN_K_BIAS], n_tok, ag->kv_k);
+    add_bias(g, v_rows, &L[W_ATTN_V_BIAS], n_tok, ag->kv_v);
     BARRIER();
     if (L[W_ATTN_Q_NORM].addr) {
         rmsnorm(g, g->q, g->q, &L[W_ATTN_Q_NORM], hp->head_dim, n_tok * (int)hp->n_head,
                 hp->head_dim, hp->norm_eps);
-        rmsnorm(g, g->kv, g->kv, &L[W_ATTN_K_NORM], hp->head_dim, n_tok * (int)hp->n_head_kv,
+        rmsnorm(g, k_rows, k_rows, &L[W_ATTN_K_NORM], hp->head_dim, n_tok * (int)hp->n_head_kv,
                 hp->head_dim, hp->norm_eps);
         BARRIER();
     }
     uint64_t freqs = g->w[W_ROPE_FREQS].addr;
-    rope(m, g->q, n_tok, (int)hp->n_head, hp->head_dim, q_row, freqs);
-    rope(m, g->kv, n_tok, (int)hp->n_head_kv, hp->head_dim, ag->kv_k, freqs);
-    BARRIER();
-    copy2d(g, g->kv, (uint32_t)ag->kv_k, f32_at(kc, (uint64_t)pos0 * ag->kv_k), (uint32_t)ag->kv_k,
-           (uint32_t)n_tok, (uint32_t)ag->kv_k);
-    copy2d(g, g->v, (uint32_t)ag->kv_v, f32_at(vc, (uint64_t)pos0 * ag->kv_v), (uint32_t)ag->kv_v,
-           (uint32_t)n_tok, (uint32_t)ag->kv_v);
+    struct heads q = {g->q, hp->head_dim, q_row}, k = {k_rows, hp->head_dim, ag->kv_k};
+    rope(m, q, q, n_tok, (int)hp->n_head, freqs);
+    rope(m, k, k, n_tok, (int)hp->n_head_kv, freqs);
     BARRIER();
     struct attn_args a = model_attn_args(m, n_tok, pos0);
     attention(g, &a, g->q, kc, vc, g->att);
@@ -587,7 +600,7 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     const struct hparams *hp = &m->hp;
     const struct attn_geometry *ag = &m->ag;
     struct gw *L = g->lw[il];
-    uint32_t lora = hp->kv_lora, nope = (uint32_t)ag->qk_nope, rot = hp->n_rot;
+    uint32_t lora = hp->kv_lora, nope = (uint32_t)ag->qk_nope;
     uint32_t q_head = hp->head_dim_k_mla, q_row = hp->n_head * q_head;
     uint32_t latent = (uint32_t)ag->kv_k, qa_row = hp->n_head * latent;
     uint32_t n_head = hp->n_head, v_dim = hp->head_dim_v_mla;
@@ -596,12 +609,14 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     mla_query(m, L, n_tok);
     matmul(g, &L[W_ATTN_KV_A_MQA], g->xb, n_tok, g->kv);
     BARRIER();
-    rope(m, f32_at(g->q, nope), n_tok, (int)n_head, q_head, q_row, 0);
-    rope(m, f32_at(g->kv, lora), n_tok, 1, latent, latent, 0);
-    rmsnorm(g, g->kv, g->kv, &L[W_ATTN_KV_A_NORM], lora, n_tok, latent, hp->norm_eps);
-    BARRIER();
-    copy2d(g, g->kv, latent, f32_at(cache, (uint64_t)pos0 * latent), latent, (uint32_t)n_tok,
-           latent);
+    /* straight into their places: the roped query part behind each head's latent query, the
+     * normed latent and the roped key part into the cache rows of these positions */
+    uint64_t rows = f32_at(cache, (uint64_t)pos0 * latent);
+    rope(m, (struct heads){f32_at(g->q, nope), q_head, q_row},
+         (struct heads){f32_at(g->q_att, lora), latent, qa_row}, n_tok, (int)n_head, 0);
+    rope(m, (struct heads){f32_at(g->kv, lora), latent, latent},
+         (struct heads){f32_at(rows, lora), latent, latent}, n_tok, 1, 0);
+    rmsnorm(g, g->kv, rows, &L[W_ATTN_KV_A_NORM], lora, n_tok, latent, hp->norm_eps);
     /* every head's query absorbs attn_k_b: q_att[t][h][0..lora) = K_b[h] q[t][h][0..nope) */
     const struct gw *kb = g->k_b_derived[il].addr ? &g->k_b_derived[il] : &L[W_ATTN_K_B];
     mul_mat(g, kb,
@@ -614,8 +629,6 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
                               .x_zstride = q_head,
                               .y_zstride = latent,
                               .n_out = lora});
-    copy2d(g, f32_at(g->q, nope), q_head, f32_at(g->q_att, lora), latent, (uint32_t)n_tok * n_head,
-           rot);
     BARRIER();
     struct attn_args a = model_attn_args(m, n_tok, pos0);
     attention(g, &a, g->q_att, cache, cache, g->att);
@@ -642,21 +655,37 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
     matmul(g, &L[W_ATTN_OUT], g->att_v, n_tok, g->proj);
 }
 
+/* The SwiGLU's gate and up products over a's input: silu(gate x) * (up x) into a.y by one
+ * fused product when the two matrices share a format and layout (the usual case); otherwise the
+ * two products into a.y and up_y, returned for the down product to combine as it loads them
+ * (its x_up; 0 when fused). up_row0: the up rows' first row in up (a fused gate_up tensor). */
+static uint64_t gate_up(struct vk_model *g, const struct gw *gate, const struct gw *up,
+                        uint64_t up_row0, struct mm_args a, uint64_t up_y) {
+    if (gate->m.type == up->m.type && gate->m.row_bytes == up->m.row_bytes &&
+        gate->matrix_bytes == up->matrix_bytes) {
+        a.w_up = up->addr + up_row0 * up->m.row_bytes;
+        mul_mat(g, gate, &a);
+        return 0;
+    }
+    mul_mat(g, gate, &a);
+    a.y = up_y;
+    a.w_offset = up_row0 * up->m.row_bytes;
+    mul_mat(g, up, &a);
+    return up_y;
+}
+
+/* out = down(silu(gate x) * up x) */
 static void swiglu_ffn(struct vk_model *g, const struct gw *gate, const struct gw *up,
                        const struct gw *down, uint64_t x, int n, uint64_t out) {
-    matmul(g, gate, x, n, g->gate);
-    matmul(g, up, x, n, g->up);
+    uint64_t x_up = gate_up(g, gate, up, 0,
+                            (struct mm_args){.x = x, .y = g->gate, .n_tok = (uint32_t)n}, g->up);
     BARRIER();
-    swiglu(g, g->gate, g->up, (uint64_t)n * (uint64_t)gate->m.n_out);
-    BARRIER();
-    matmul(g, down, g->gate, n, out);
+    mul_mat(g, down, &(struct mm_args){.x = g->gate, .x_up = x_up, .y = out, .n_tok = (uint32_t)n});
 }
 
 static void route(struct model *m, const struct gw *L, int n_tok) {
     struct vk_model *g = m->gpu;
     const struct moe_router_cfg *r = &m->router;
-    matmul(g, &L[W_FFN_GATE_INP], g->xb, n_tok, g->router_logits);
-    BARRIER();
     struct vk_router_push p = {
         .logits = g->router_logits,
         .bias = L[W_FFN_EXP_PROBS_B].addr,
@@ -672,65 +701,41 @@ static void route(struct model *m, const struct gw *L, int n_tok) {
         .weights_scale = r->weights_scale,
     };
     vk_dispatch(g->vk, VK_ROUTER, &p, sizeof p, groups((uint64_t)n_tok, 1), 1, 1);
-    BARRIER();
 }
 
-/* One product per (token, choice) slot on the matrix of its chosen expert. */
-static void expert_products(struct vk_model *g, const struct gw *w, uint64_t r0, uint32_t n_out,
-                            uint64_t x, uint32_t x_zstride, uint32_t x_zdiv, uint64_t y,
-                            uint32_t slots) {
-    mul_mat(g, w,
-            &(struct mm_args){.x = x,
-                              .y = y,
-                              .ids = g->expert_ids,
-                              .n_tok = 1,
-                              .nz = slots,
-                              .x_zstride = x_zstride,
-                              .y_zstride = n_out,
-                              .x_zdiv = x_zdiv,
-                              .w_offset = r0 * w->m.row_bytes,
-                              .n_out = n_out});
+/* One product per (token, choice) slot on the matrix of its chosen expert: slot s reads x row
+ * s / x_zdiv (x_zstride floats apart) and writes n_out floats at y + s * n_out. */
+static struct mm_args expert_args(struct vk_model *g, uint64_t x, uint32_t x_zstride,
+                                  uint32_t x_zdiv, uint64_t y, uint32_t n_out, uint32_t slots) {
+    return (struct mm_args){.x = x,
+                            .y = y,
+                            .ids = g->expert_ids,
+                            .n_tok = 1,
+                            .nz = slots,
+                            .x_zstride = x_zstride,
+                            .y_zstride = n_out,
+                            .x_zdiv = x_zdiv,
+                            .n_out = n_out};
 }
 
-static void routed_experts(struct model *m, const struct gw *L, int n_tok, uint64_t out) {
+/* The chosen experts' outputs into moe_out, one row per (token, choice) slot. */
+static void routed_experts(struct model *m, const struct gw *L, int n_tok) {
     struct vk_model *g = m->gpu;
     const struct hparams *hp = &m->hp;
     uint32_t k = hp->n_expert_used, slots = (uint32_t)n_tok * k, E = hp->n_embd, F = hp->n_ff_exp;
     int fused = L[W_FFN_GATE_UP_EXPS].addr != 0;
     const struct gw *gate = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_GATE_EXPS];
     const struct gw *up = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_UP_EXPS];
-    expert_products(g, gate, 0, F, g->xb, E, k, g->gate, slots);
-    expert_products(g, up, fused ? F : 0, F, g->xb, E, k, g->up, slots);
+    uint64_t x_up =
+        gate_up(g, gate, up, fused ? F : 0, expert_args(g, g->xb, E, k, g->gate, F, slots), g->up);
     BARRIER();
-    swiglu(g, g->gate, g->up, (uint64_t)slots * F);
-    BARRIER();
-    expert_products(g, &L[W_FFN_DOWN_EXPS], 0, E, g->gate, F, 1, g->moe_out, slots);
-    BARRIER();
-    struct vk_moe_sum_push p = {g->moe_out, g->expert_w, out, (uint32_t)n_tok, k, E, 0};
-    vk_dispatch(g->vk, VK_MOE_SUM, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
+    struct mm_args down = expert_args(g, g->gate, F, 1, g->moe_out, E, slots);
+    down.x_up = x_up;
+    mul_mat(g, &L[W_FFN_DOWN_EXPS], &down);
 }
 
-/* Shared experts: out (proj) += their output, gated for qwen2moe. */
-static void shared_experts(struct model *m, const struct gw *L, int n_tok, uint64_t out) {
-    struct vk_model *g = m->gpu;
-    uint32_t E = m->hp.n_embd;
-    swiglu_ffn(g, &L[W_FFN_GATE_SHEXP], &L[W_FFN_UP_SHEXP], &L[W_FFN_DOWN_SHEXP], g->xb, n_tok,
-               g->moe_in);
-    if (L[W_FFN_GATE_INP_SHEXP].addr) {
-        mul_mat(g, &L[W_FFN_GATE_INP_SHEXP],
-                &(struct mm_args){
-                    .x = g->xb, .y = g->shexp_gate, .n_tok = (uint32_t)n_tok, .n_out = 1});
-        BARRIER();
-        struct vk_gated_add_push p = {out, g->moe_in, g->shexp_gate, (uint32_t)n_tok, E, 1, 0};
-        vk_dispatch(g->vk, VK_GATED_ADD, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
-    } else {
-        BARRIER();
-        add(g, out, g->moe_in, (uint64_t)n_tok * E, 0);
-    }
-}
-
-/* --cpu-moe: the GPU hands xb and the router's choices over, the CPU threads compute the
- * chosen experts into xfer_out, and the GPU's next submission starts from that as proj. */
+/* --cpu-moe: the GPU hands xb and the router's choices over and the CPU threads compute the
+ * chosen experts' weighted sum into xfer_out, which the GPU's next submission reads. */
 static int cpu_routed_experts(struct model *m, int il, int n_tok) {
     struct vk_model *g = m->gpu;
     uint32_t E = m->hp.n_embd, k = m->hp.n_expert_used;
@@ -742,8 +747,51 @@ static int cpu_routed_experts(struct model *m, int il, int n_tok) {
     memcpy(m->expert_ids, g->xfer_ids_h, (size_t)n_tok * k * 4);
     memcpy(m->expert_w, g->xfer_w_h, (size_t)n_tok * k * 4);
     model_routed_experts_cpu(m, il, n_tok, 1, g->xfer_out_h);
-    if (vk_begin(g->vk)) return -1;
-    copy2d(g, g->xfer_out, E, g->proj, E, (uint32_t)n_tok, E);
+    return vk_begin(g->vk);
+}
+
+/* A MoE feed-forward over xb into proj. The shared experts' products run beside the router's
+ * and the routed experts' (they need only xb), and one pass sums the chosen experts' outputs
+ * with their weights and adds the shared output: four barriers from xb to proj. */
+static int moe_ffn(struct model *m, int il, int n_tok) {
+    struct vk_model *g = m->gpu;
+    const struct gw *L = g->lw[il];
+    uint32_t E = m->hp.n_embd, k = m->hp.n_expert_used;
+    int shared = L[W_FFN_DOWN_SHEXP].addr != 0, gated = L[W_FFN_GATE_INP_SHEXP].addr != 0;
+    matmul(g, &L[W_FFN_GATE_INP], g->xb, n_tok, g->router_logits);
+    uint64_t sh_x_up = 0;
+    if (shared)
+        sh_x_up = gate_up(g, &L[W_FFN_GATE_SHEXP], &L[W_FFN_UP_SHEXP], 0,
+                          (struct mm_args){.x = g->xb, .y = g->sh_gate, .n_tok = (uint32_t)n_tok},
+                          g->sh_up);
+    if (gated)
+        mul_mat(g, &L[W_FFN_GATE_INP_SHEXP],
+                &(struct mm_args){
+                    .x = g->xb, .y = g->shexp_gate, .n_tok = (uint32_t)n_tok, .n_out = 1});
+    BARRIER();
+    route(m, L, n_tok);
+    if (shared)
+        mul_mat(g, &L[W_FFN_DOWN_SHEXP],
+                &(struct mm_args){
+                    .x = g->sh_gate, .x_up = sh_x_up, .y = g->moe_in, .n_tok = (uint32_t)n_tok});
+    BARRIER();
+    struct vk_moe_sum_push p = {.parts = g->moe_out,
+                                .w = g->expert_w,
+                                .out = g->proj,
+                                .shared = shared ? g->moe_in : 0,
+                                .gate = gated ? g->shexp_gate : 0,
+                                .n_tok = (uint32_t)n_tok,
+                                .k = k,
+                                .E = E,
+                                .gate_stride = 1};
+    if (g->cpu_moe) {
+        if (cpu_routed_experts(m, il, n_tok)) return -1;
+        p.parts = g->xfer_out, p.w = 0, p.k = 1; /* the CPU's sum, as it is */
+    } else {
+        routed_experts(m, L, n_tok);
+    }
+    BARRIER();
+    vk_dispatch(g->vk, VK_MOE_SUM, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
     return 0;
 }
 
@@ -764,20 +812,10 @@ static void residual(struct model *m, int n_tok, const struct gw *next_norm) {
 static int ffn_block(struct model *m, int il, int n_tok, const struct gw *next_norm) {
     struct vk_model *g = m->gpu;
     const struct gw *L = g->lw[il];
-    if (!m->layers[il].is_moe) {
+    if (!m->layers[il].is_moe)
         swiglu_ffn(g, &L[W_FFN_GATE], &L[W_FFN_UP], &L[W_FFN_DOWN], g->xb, n_tok, g->proj);
-    } else {
-        route(m, L, n_tok);
-        if (g->cpu_moe) {
-            if (cpu_routed_experts(m, il, n_tok)) return -1;
-        } else {
-            routed_experts(m, L, n_tok, g->proj);
-        }
-        if (L[W_FFN_DOWN_SHEXP].addr) {
-            BARRIER();
-            shared_experts(m, L, n_tok, g->proj);
-        }
-    }
+    else if (moe_ffn(m, il, n_tok))
+        return -1;
     BARRIER();
     residual(m, n_tok, next_norm);
     return 0;

@@ -10,11 +10,14 @@
  * (n_out rows of row_bytes bytes, n_in values each, in the block format), and for each token t
  * in [0, n_tok):  y[z*y_zstride + t*y_stride + o] = sum_i W_m[o][i] * x[(z / x_zdiv)*x_zstride
  * + t*x_stride + i]  for o in [0, n_out).
- * Grid: (ceil(n_out / VK_MM_ROWS), ceil(n_tok / VK_MM_TOKS), number of z). */
+ * Grid: (ceil(n_out / VK_MM_ROWS), ceil(n_tok / VK_MM_TOKS), number of z); mul_mat_gate_up
+ * (a gate and an up row per workgroup): (n_out, ...). */
 enum { VK_MM_ROWS = 2, VK_MM_TOKS = 8 };
 struct vk_mul_mat_push {
     uint64_t w, x, y, ids; /* ids: int32 per z, or 0 */
-    uint64_t w_zstride;    /* bytes */
+    uint64_t x_up; /* mul_mat_swiglu: SwiGLU's up rows (x's layout); the input is silu(x) * up */
+    uint64_t w_up; /* mul_mat_gate_up: the up matrices (W's layout); y = silu(W x) * (W_up x) */
+    uint64_t w_zstride; /* bytes */
     uint32_t n_in, n_out, n_tok, row_bytes;
     uint32_t x_stride, y_stride, x_zstride, y_zstride;
     uint32_t x_zdiv; /* >= 1 */
@@ -38,12 +41,13 @@ struct vk_rmsnorm_push {
     uint32_t pad_;
 };
 
-/* rope: rotates, in place, the first n_rot values of head h of token t at x + t*row_stride +
- * h*head_stride, at position pos[t]; mode 0 adjacent pairs, 2 NeoX halves; YaRN as cpu_rope.
- * freq_factors: n_rot/2 floats or 0. Grid: (n_head, n_tok, 1). */
+/* rope: rotates the first n_rot values of head h of token t at x + t*row_stride + h*head_stride,
+ * at position pos[t], into y + t*y_row_stride + h*y_head_stride (y = x: in place; otherwise
+ * only those n_rot values of y are written); mode 0 adjacent pairs, 2 NeoX halves; YaRN as
+ * cpu_rope. freq_factors: n_rot/2 floats or 0. Grid: (n_head, n_tok, 1). */
 struct vk_rope_push {
-    uint64_t x, pos, freq_factors;
-    uint32_t n_tok, n_head, head_stride, row_stride, n_rot, mode;
+    uint64_t x, y, pos, freq_factors;
+    uint32_t n_tok, n_head, head_stride, row_stride, y_head_stride, y_row_stride, n_rot, mode;
     float theta_scale; /* powf(freq_base, -2 / n_rot), rounded as the CPU rounds it */
     float freq_scale, ext_factor, attn_factor, corr0, corr1;
 };
@@ -58,14 +62,9 @@ struct vk_attention_push {
     uint32_t pad_;
 };
 
-/* swiglu: out[i] = silu(gate[i]) * up[i]; add: y[i] += x[x_period ? i % x_period : i] (a bias
- * row added to every token when x_period is its length). Grid: (ceil(n / 256), 1, 1)
- * (gx capped at 65535: the kernels loop). */
+/* add: y[i] += x[x_period ? i % x_period : i] (a bias row added to every token when x_period
+ * is its length). Grid: (ceil(n / 256), 1, 1) (gx capped at 65535: the kernel loops). */
 enum { VK_EW_GROUP = 256 };
-struct vk_swiglu_push {
-    uint64_t gate, up, out;
-    uint32_t n, pad_;
-};
 struct vk_add_push {
     uint64_t y, x;
     uint32_t n, x_period;
@@ -89,18 +88,13 @@ struct vk_router_push {
     uint32_t pad2_;
 };
 
-/* moe_sum: out[t*E + d] = sum over c < k, in order, of parts[(t*k + c)*E + d] * w[t*k + c].
+/* moe_sum: out[t*E + d] = (sum over c < k, in order, of parts[(t*k + c)*E + d] * w[t*k + c])
+ * + shared[t*E + d] * g, where w = 0 means weights of 1, shared = 0 means no shared term, and
+ * g = sigmoid(gate[t*gate_stride]) (qwen2moe's gated shared expert), or 1 when gate = 0.
  * Grid: (ceil(E / 256), n_tok, 1). */
 struct vk_moe_sum_push {
-    uint64_t parts, w, out;
-    uint32_t n_tok, k, E, pad_;
-};
-
-/* gated_add: y[t*E + d] += x[t*E + d] * sigmoid(gate[t*gate_stride]) (qwen2moe's shared
- * expert). Grid: (ceil(E / 256), n_tok, 1). */
-struct vk_gated_add_push {
-    uint64_t y, x, gate;
-    uint32_t n_tok, E, gate_stride, pad_;
+    uint64_t parts, w, out, shared, gate;
+    uint32_t n_tok, k, E, gate_stride;
 };
 
 #endif

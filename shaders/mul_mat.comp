@@ -1,6 +1,11 @@
 #version 450
 // mul_mat_<type>: y = W x for MM_ROWS rows of W and up to MM_TOKS tokens per workgroup, W in a
 // block format (dequant.glsl), x and y f32; semantics and grid in vk_ops.h (vk_mul_mat_push).
+// Two pipelines of the same code fuse a SwiGLU into a product (no separate swiglu pass and
+// barrier): mul_mat_gate_up (MODE 2) computes row o of W and row o of the up matrix at w_up
+// together and writes silu(gate) * up; mul_mat_swiglu (MODE 1) takes x as the gate and x_up as
+// the up rows and forms silu(x) * up as it loads its input (for gate and up matrices of
+// different formats).
 //
 // The workgroup's threads walk the row together: thread i takes chunks i, i + MM_WG, ...
 // (16 values each, consecutive chunks reading consecutive bytes, so the loads coalesce), and
@@ -25,7 +30,7 @@
 layout(local_size_x = MM_WG, local_size_y = 1, local_size_z = 1) in;
 
 layout(push_constant, std430) uniform Push {
-    uint64_t w, x, y, ids;
+    uint64_t w, x, y, ids, x_up, w_up;
     uint64_t w_zstride;
     uint n_in, n_out, n_tok, row_bytes;
     uint x_stride, y_stride, x_zstride, y_zstride;
@@ -40,15 +45,38 @@ layout(buffer_reference, std430, buffer_reference_align = 16) buffer MmVec4 { ve
 shared float red[MM_ROWS * MM_TOKS][MM_WG];
 
 // 4 floats of x at byte address a (16-aligned when v4)
-vec4 ldx4(uint64_t a, bool v4) {
+vec4 ldx4_raw(uint64_t a, bool v4) {
     if (v4) return MmVec4(a).v[0];
     Floats f = Floats(a);
     return vec4(f.v[0], f.v[1], f.v[2], f.v[3]);
 }
 
+// silu(gate) * up as cpu_swiglu forms it (floats or vec4s)
+#define SWIGLU(g, u) ((g) / (1.0 + exp(-(g))) * (u))
+
+// 0: plain, 1: SwiGLU of the input (x_up), 2: SwiGLU of the gate and up products (w_up). A
+// specialization constant, not a test of the addresses: lavapipe evaluated the SwiGLU of a
+// run-time branch in every product (decode 40% slower there).
+layout(constant_id = 0) const uint MODE = 0;
+const bool SWIGLU_IN = MODE == 1u, GATE_UP = MODE == 2u;
+
+// the product's input at x's byte address a: x itself, or silu(x) * up
+vec4 ldx4(uint64_t a, bool v4) {
+    vec4 v = ldx4_raw(a, v4);
+    if (!SWIGLU_IN) return v;
+    return SWIGLU(v, ldx4_raw(a - pc.x + pc.x_up, v4));
+}
+
+float ldx1(uint64_t a) {
+    float v = Floats(a).v[0];
+    if (!SWIGLU_IN) return v;
+    return SWIGLU(v, Floats(a - pc.x + pc.x_up).v[0]);
+}
+
 void main() {
     const uint tid = gl_LocalInvocationID.x;
-    const uint o0 = gl_WorkGroupID.x * MM_ROWS;
+    // GATE_UP: one output row, the workgroup's two rows are its gate and up rows
+    const uint o0 = GATE_UP ? gl_WorkGroupID.x : gl_WorkGroupID.x * MM_ROWS;
     const uint t0 = gl_WorkGroupID.y * MM_TOKS;
     const uint z = gl_WorkGroupID.z;
     if (o0 >= pc.n_out || t0 >= pc.n_tok) return; // whole workgroup: uniform
@@ -60,11 +88,15 @@ void main() {
     // rows past n_out recompute the last row (no divergence); their sums are not written
     [[unroll]] for (uint r = 0; r < MM_ROWS; ++r)
         row[r] = wm + uint64_t(min(o0 + r, pc.n_out - 1u)) * pc.row_bytes;
+    if (GATE_UP) {
+        row[0] = wm + uint64_t(o0) * pc.row_bytes;
+        row[1] = pc.w_up + uint64_t(m) * pc.w_zstride + uint64_t(o0) * pc.row_bytes;
+    }
 
     const uint64_t xs = 4ul * uint64_t(pc.x_stride);
     const uint64_t xb =
         pc.x + 4ul * (uint64_t(z / pc.x_zdiv) * pc.x_zstride + uint64_t(t0) * pc.x_stride);
-    const bool xv4 = ((xb | xs) & 15ul) == 0ul;
+    const bool xv4 = ((xb | xs | pc.x_up) & 15ul) == 0ul;
 
     float acc[MM_ROWS][MM_TOKS];
     [[unroll]] for (uint r = 0; r < MM_ROWS; ++r)
@@ -77,7 +109,7 @@ void main() {
 #else
     const uint64_t walign = 7ul;
 #endif
-    if ((pc.n_in & 3u) == 0u && ((wm | uint64_t(pc.row_bytes)) & walign) == 0ul) {
+    if ((pc.n_in & 3u) == 0u && ((wm | pc.w_up | uint64_t(pc.row_bytes)) & walign) == 0ul) {
         const uint nu = pc.n_in / 4u;
         for (uint u = tid; u < nu; u += MM_WG) {
             vec4 wv[MM_ROWS];
@@ -106,7 +138,7 @@ void main() {
             [[unroll]] for (uint r = 0; r < MM_ROWS; ++r) wv[r] = dq_one(row[r], i);
             [[unroll]] for (uint t = 0; t < MM_TOKS; ++t) {
                 if (t < nt) {
-                    float xv = Floats(xb + uint64_t(t) * xs).v[i];
+                    float xv = ldx1(xb + uint64_t(t) * xs + 4ul * uint64_t(i));
                     [[unroll]] for (uint r = 0; r < MM_ROWS; ++r) acc[r][t] += wv[r] * xv;
                 }
             }
@@ -157,7 +189,14 @@ void main() {
         }
     }
     barrier();
-    if (tid < MM_ROWS * MM_TOKS) {
+    if (GATE_UP) {
+        if (tid < nt) {
+            float sg = 0.0, su = 0.0;
+            for (uint g = 0; g < gl_NumSubgroups; ++g) sg += red[tid][g], su += red[MM_TOKS + tid][g];
+            const uint64_t yi = uint64_t(z) * pc.y_zstride + uint64_t(t0 + tid) * pc.y_stride + o0;
+            Floats(pc.y + 4ul * yi).v[0] = SWIGLU(sg, su);
+        }
+    } else if (tid < MM_ROWS * MM_TOKS) {
         const uint r = tid / MM_TOKS, t = tid % MM_TOKS;
         if (t < nt && o0 + r < pc.n_out) {
             float s = 0.0;

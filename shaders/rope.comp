@@ -1,10 +1,11 @@
 #version 450
 #include "common.glsl"
-// One workgroup per (head, token); each invocation rotates pairs as cpu_rope does.
+// One workgroup per (head, token); each invocation rotates pairs as cpu_rope does, from x into
+// y (the same rows in place, or another buffer such as the KV cache).
 layout(local_size_x = 64) in;
 layout(push_constant, std430) uniform Push {
-    uint64_t x, pos, freq_factors;
-    uint n_tok, n_head, head_stride, row_stride, n_rot, mode;
+    uint64_t x, y, pos, freq_factors;
+    uint n_tok, n_head, head_stride, row_stride, y_head_stride, y_row_stride, n_rot, mode;
     float theta_scale, freq_scale, ext_factor, attn_factor, corr0, corr1;
 } p;
 
@@ -16,6 +17,7 @@ float yarn_ramp(uint i0) {
 void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y;
     Floats x = Floats(p.x + 4ul * (uint64_t(t) * p.row_stride + uint64_t(h) * p.head_stride));
+    Floats y = Floats(p.y + 4ul * (uint64_t(t) * p.y_row_stride + uint64_t(h) * p.y_head_stride));
     float position = float(Ints(p.pos).v[t]);
     for (uint i0 = 2 * gl_LocalInvocationID.x; i0 < p.n_rot; i0 += 128) {
         // ggml advances the angle by repeated multiplication; the same rounding here
@@ -33,7 +35,7 @@ void main() {
         uint a = p.mode == 2 ? i0 / 2 : i0;
         uint b = p.mode == 2 ? i0 / 2 + p.n_rot / 2 : i0 + 1;
         float x0 = x.v[a], x1 = x.v[b];
-        x.v[a] = x0 * c - x1 * s;
-        x.v[b] = x0 * s + x1 * c;
+        y.v[a] = x0 * c - x1 * s;
+        y.v[b] = x0 * s + x1 * c;
     }
 }

@@ -56,21 +56,61 @@ struct mm_case {
     int use_ids;         /* 0: matrix z for z (n_mats = gz) */
     int32_t ids[8];
     uint32_t x_zdiv, x_pad, x_zpad, y_pad, y_zpad; /* strides = dense size + pad */
+    enum vk_mm_fuse fuse; /* SWIGLU_IN: input silu(x) * up; GATE_UP: silu(W x) * (W_up x) */
 };
 
 static const struct mm_case mm_cases[] = {
     /* decode: one token, n_out not a multiple of VK_MM_ROWS, rows longer than a workgroup's
      * threads take in one pass (2304 / 16 = 144 chunks > 64 threads) */
-    {"decode", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0},
+    {"decode", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_PLAIN},
     /* three tokens, x rows at an odd stride (unaligned: the scalar loads), y strided; float
      * types: n_in % 4 != 0 (F32/F16/BF16 one value at a time) */
-    {"tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0},
+    {"tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_PLAIN},
     /* 17 tokens (3 token tiles, the last partial), expert products: ids pick matrices out of
      * order and repeat one, x_zdiv 2 (z reads x slice z/2), x/y slices padded */
-    {"tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2},
+    {"tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2, VK_MM_PLAIN},
     /* MoE decode: 8 of 8 experts, permuted, of one token (x_zdiv 8: every z reads x row 0) */
-    {"decode_moe", 1024, 1024, 1024, 33, 1, 8, 8, 1, {5, 2, 7, 0, 3, 6, 1, 4}, 8, 0, 0, 0, 0},
+    {"decode_moe",
+     1024,
+     1024,
+     1024,
+     33,
+     1,
+     8,
+     8,
+     1,
+     {5, 2, 7, 0, 3, 6, 1, 4},
+     8,
+     0,
+     0,
+     0,
+     0,
+     VK_MM_PLAIN},
+    /* the SwiGLU fusions: a down product that forms silu(x) * up as it loads x (aligned, and
+     * at odd strides: the scalar loads), and gate + up products in one (decode, 17 tokens
+     * with expert ids) */
+    {"swiglu_in", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_SWIGLU_IN},
+    {"swiglu_in_tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_SWIGLU_IN},
+    {"gate_up", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_GATE_UP},
+    {"gate_up_tok17_ids",
+     515,
+     512,
+     512,
+     9,
+     17,
+     6,
+     4,
+     1,
+     {3, 1, 1, 0, 2, 3},
+     2,
+     4,
+     8,
+     1,
+     2,
+     VK_MM_GATE_UP},
 };
+
+static double silu(double v) { return v / (1.0 + exp(-v)); }
 
 /* Runs one case; returns the normalized error max|gpu - ref| / max|ref| (or +inf with why
  * set when something other than precision is wrong). */
@@ -89,17 +129,25 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     const size_t w_rows = (size_t)k->n_mats * k->n_out;
     const size_t nx = (size_t)n_xz * x_zstride, ny = (size_t)k->gz * y_zstride;
 
+    const int gate_up = k->fuse == VK_MM_GATE_UP, swiglu_in = k->fuse == VK_MM_SWIGLU_IN;
     float *deq = xmalloc(w_rows * (size_t)n_in * sizeof(float));
     uint8_t *wq = random_matrix(tr, (int64_t)w_rows, n_in, row_bytes, deq);
-    float *x = xmalloc(nx * sizeof(float));
+    /* the up matrices (gate_up) or the up rows (swiglu_in); a dummy otherwise */
+    float *deq_up = xmalloc((gate_up ? w_rows * (size_t)n_in : 1) * sizeof(float));
+    uint8_t *wq_up =
+        gate_up ? random_matrix(tr, (int64_t)w_rows, n_in, row_bytes, deq_up) : xcalloc(1, 1);
+    float *x = xmalloc(nx * sizeof(float)), *x_up = xmalloc(nx * sizeof(float));
     for (size_t i = 0; i < nx; ++i) x[i] = rng_normal(); /* padding too: must not be read */
+    for (size_t i = 0; i < nx; ++i) x_up[i] = rng_normal();
     uint32_t *y = xmalloc(ny * sizeof(float));
     for (size_t i = 0; i < ny; ++i) y[i] = SENTINEL;
 
     double err = INFINITY;
-    struct vk_buf bw = {0}, bx = {0}, by = {0}, bi = {0};
+    struct vk_buf bw = {0}, bx = {0}, by = {0}, bi = {0}, bwu = {0}, bxu = {0};
     if (upload_new(c, &bw, wq, w_rows * row_bytes) || upload_new(c, &bx, x, nx * sizeof(float)) ||
         upload_new(c, &by, y, ny * sizeof(float)) ||
+        upload_new(c, &bxu, x_up, nx * sizeof(float)) ||
+        upload_new(c, &bwu, wq_up, gate_up ? w_rows * row_bytes : 1) ||
         (has_ids && upload_new(c, &bi, k->ids, k->gz * sizeof(int32_t)))) {
         snprintf(why, why_n, "%s", err_get());
         goto out;
@@ -108,6 +156,8 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
                                 .x = bx.addr,
                                 .y = by.addr,
                                 .ids = has_ids ? bi.addr : 0,
+                                .x_up = swiglu_in ? bxu.addr : 0,
+                                .w_up = gate_up ? bwu.addr : 0,
                                 .w_zstride = (uint64_t)k->n_out * row_bytes,
                                 .n_in = (uint32_t)n_in,
                                 .n_out = k->n_out,
@@ -122,9 +172,9 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
         snprintf(why, why_n, "%s", err_get());
         goto out;
     }
-    vk_dispatch(c, (enum vk_kernel)vk_mul_mat_kernel(type), &p, sizeof p,
-                (k->n_out + VK_MM_ROWS - 1) / VK_MM_ROWS, (k->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS,
-                k->gz);
+    const uint32_t rows = gate_up ? 1 : VK_MM_ROWS;
+    vk_dispatch(c, (enum vk_kernel)vk_mul_mat_fused_kernel(type, k->fuse), &p, sizeof p,
+                (k->n_out + rows - 1) / rows, (k->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS, k->gz);
     if (vk_submit(c) || vk_download(c, &by, 0, y, ny * sizeof(float))) {
         snprintf(why, why_n, "%s", err_get());
         goto out;
@@ -136,11 +186,17 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     for (uint32_t z = 0; z < k->gz; ++z) {
         const uint32_t m = has_ids ? (uint32_t)k->ids[z] : z;
         for (uint32_t t = 0; t < k->n_tok; ++t) {
-            const float *xr = x + (size_t)(z / k->x_zdiv) * x_zstride + (size_t)t * x_stride;
+            const size_t xo = (size_t)(z / k->x_zdiv) * x_zstride + (size_t)t * x_stride;
+            const float *xr = x + xo, *ur = x_up + xo;
             for (uint32_t o = 0; o < k->n_out; ++o) {
-                const float *wr = deq + ((size_t)m * k->n_out + o) * (size_t)n_in;
-                double ref = 0;
-                for (int64_t i = 0; i < n_in; ++i) ref += (double)wr[i] * xr[i];
+                const size_t wo = ((size_t)m * k->n_out + o) * (size_t)n_in;
+                const float *wr = deq + wo;
+                double ref = 0, ref_up = 0;
+                for (int64_t i = 0; i < n_in; ++i)
+                    ref += (double)wr[i] * (swiglu_in ? silu(xr[i]) * ur[i] : xr[i]);
+                for (int64_t i = 0; gate_up && i < n_in; ++i)
+                    ref_up += (double)deq_up[wo + i] * xr[i];
+                if (gate_up) ref = silu(ref) * ref_up;
                 const size_t yi = (size_t)z * y_zstride + (size_t)t * y_stride + o;
                 float got;
                 memcpy(&got, &y[yi], sizeof got);
@@ -164,10 +220,15 @@ out:
     vk_free(c, &bw);
     vk_free(c, &bx);
     vk_free(c, &by);
+    vk_free(c, &bwu);
+    vk_free(c, &bxu);
     if (has_ids) vk_free(c, &bi);
     free(deq);
     free(wq);
+    free(deq_up);
+    free(wq_up);
     free(x);
+    free(x_up);
     free(y);
     return err;
 }

@@ -1,9 +1,9 @@
 /* The small Vulkan kernels against the CPU ops they mirror: rmsnorm, rope (normal, NeoX,
- * YaRN, frequency factors), swiglu, add (plain and a broadcast bias), copy2d, the weighted
- * expert sum and the gated add. Bounds: these are a handful of float operations per value, so
- * they differ from the CPU only by rounding order and the GPU's exp/sin/cos/pow (NMSE 1e-10,
- * i.e. about 1e-5 relative); rope angles at positions up to 4000 carry the driver's sin/cos
- * error on large arguments, hence its looser 1e-8. */
+ * YaRN, frequency factors, in place and into another buffer), add (plain and a broadcast
+ * bias), copy2d, and the weighted expert sum with the shared experts' (gated) output. Bounds: these
+ * are a handful of float operations per value, so they differ from the CPU only by rounding order
+ * and the GPU's exp/sin/cos/pow (NMSE 1e-10, i.e. about 1e-5 relative); rope angles at positions up
+ * to 4000 carry the driver's sin/cos error on large arguments, hence its looser 1e-8. */
 #include "cpu.h"
 #include "vk_ops.h"
 #include "vk_test.h"
@@ -70,8 +70,9 @@ static void test_rmsnorm(struct vk_ctx *c) {
     free(x), free(w), free(ref), free(got);
 }
 
+/* dst: rotate into another buffer (rows and heads at other strides) instead of in place */
 static void rope_case(struct vk_ctx *c, const char *name, enum rope_mode mode, int yarn,
-                      int with_factors) {
+                      int with_factors, int dst) {
     int n_tok = 3, n_head = 4, head = 96, n_rot = 64, row = n_head * head + 8;
     int32_t pos[3] = {0, 17, 4000};
     struct rope_params rp = {.mode = mode,
@@ -89,34 +90,57 @@ static void rope_case(struct vk_ctx *c, const char *name, enum rope_mode mode, i
     cpu_rope(ref, n_tok, n_head, head, row, pos, &rp, ff);
     struct vk_buf bx = vk_test_buf(c, x, n * 4), bp = vk_test_buf(c, pos, sizeof pos);
     struct vk_buf bf = vk_test_buf(c, ff, ff ? (size_t)n_rot / 2 * 4 : 4);
-    struct vk_rope_push p = {bx.addr,          bp.addr,
-                             ff ? bf.addr : 0, (uint32_t)n_tok,
-                             (uint32_t)n_head, (uint32_t)head,
-                             (uint32_t)row,    (uint32_t)n_rot,
-                             (uint32_t)mode,   powf(rp.freq_base, -2.0f / (float)n_rot),
-                             rp.freq_scale,    rp.ext_factor,
-                             rp.attn_factor,   rp.corr_dims[0],
-                             rp.corr_dims[1]};
+    /* into y: head h of token t at y + t * y_row + h * y_head, n_rot values each */
+    int y_head = n_rot + 3, y_row = n_head * y_head + 5;
+    size_t ny = (size_t)n_tok * y_row;
+    float *y0 = randv(ny, 1.0f);
+    struct vk_buf by = vk_test_buf(c, y0, ny * 4);
+    struct vk_rope_push p = {.x = bx.addr,
+                             .y = dst ? by.addr : bx.addr,
+                             .pos = bp.addr,
+                             .freq_factors = ff ? bf.addr : 0,
+                             .n_tok = (uint32_t)n_tok,
+                             .n_head = (uint32_t)n_head,
+                             .head_stride = (uint32_t)head,
+                             .row_stride = (uint32_t)row,
+                             .y_head_stride = (uint32_t)(dst ? y_head : head),
+                             .y_row_stride = (uint32_t)(dst ? y_row : row),
+                             .n_rot = (uint32_t)n_rot,
+                             .mode = (uint32_t)mode,
+                             .theta_scale = powf(rp.freq_base, -2.0f / (float)n_rot),
+                             .freq_scale = rp.freq_scale,
+                             .ext_factor = rp.ext_factor,
+                             .attn_factor = rp.attn_factor,
+                             .corr0 = rp.corr_dims[0],
+                             .corr1 = rp.corr_dims[1]};
     vk_test_run(c, VK_ROPE, &p, sizeof p, (uint32_t)n_head, (uint32_t)n_tok, 1);
-    check(name, bx.map, ref, n, 1e-8);
-    vk_free(c, &bx), vk_free(c, &bp), vk_free(c, &bf);
-    free(x), free(ref), free(ff);
+    if (!dst) {
+        check(name, bx.map, ref, n, 1e-8);
+    } else {
+        /* the rotated values where they belong; x and y's other values untouched */
+        float *want = xmalloc(ny * 4);
+        memcpy(want, y0, ny * 4);
+        for (int t = 0; t < n_tok; t++)
+            for (int h = 0; h < n_head; h++)
+                memcpy(want + (size_t)t * y_row + (size_t)h * y_head,
+                       ref + (size_t)t * row + (size_t)h * head, (size_t)n_rot * 4);
+        check(name, by.map, want, ny, 1e-8);
+        test_report("vk rope into another buffer: its source untouched", !memcmp(bx.map, x, n * 4),
+                    NULL);
+        free(want);
+    }
+    vk_free(c, &bx), vk_free(c, &bp), vk_free(c, &bf), vk_free(c, &by);
+    free(x), free(ref), free(ff), free(y0);
 }
 
 static void test_elementwise(struct vk_ctx *c) {
     size_t n = 70000, period = 1000;
     float *g = randv(n, 8.0f), *u = randv(n, 2.0f), *ref = xmalloc(n * 4);
-    cpu_swiglu(ref, g, u, (int64_t)n);
     struct vk_buf bg = vk_test_buf(c, g, n * 4), bu = vk_test_buf(c, u, n * 4);
-    struct vk_swiglu_push sp = {bg.addr, bu.addr, bg.addr, (uint32_t)n, 0};
-    vk_test_run(c, VK_SWIGLU, &sp, sizeof sp, 3, 1, 1); /* few groups: the grid-stride loop */
-    check("vk swiglu", bg.map, ref, n, 1e-10);
-
-    memcpy(bg.map, g, n * 4);
     memcpy(ref, g, n * 4);
     for (size_t i = 0; i < n; i++) ref[i] += u[i % period];
     struct vk_add_push ap = {bg.addr, bu.addr, (uint32_t)n, (uint32_t)period};
-    vk_test_run(c, VK_ADD, &ap, sizeof ap, (uint32_t)((n + 255) / 256), 1, 1);
+    vk_test_run(c, VK_ADD, &ap, sizeof ap, 3, 1, 1); /* few groups: the grid-stride loop */
     check("vk add (bias broadcast)", bg.map, ref, n, 0);
 
     int32_t ids[6] = {5, -1, 1 << 30, 7, 0, 3}; /* words copied as bits, ints included */
@@ -131,48 +155,55 @@ static void test_elementwise(struct vk_ctx *c) {
     free(g), free(u), free(ref);
 }
 
-static void test_moe_sum(struct vk_ctx *c) {
-    int n_tok = 3, k = 6, E = 300;
-    size_t np = (size_t)n_tok * k * E;
-    float *parts = randv(np, 1.0f), *w = randv((size_t)n_tok * k, 1.0f);
-    float *ref = xcalloc((size_t)n_tok * E, 4), *x = randv((size_t)n_tok * E, 1.0f);
-    float gate[3] = {0.5f, -2.0f, 7.0f}, *y0 = randv((size_t)n_tok * E, 1.0f);
+/* moe_sum with k weighted parts (or unweighted: w = 0) and an optional shared output, plain or
+ * sigmoid-gated; the reference sums in the same order. */
+static void moe_sum_case(struct vk_ctx *c, const char *name, int weighted, int shared, int gated) {
+    int n_tok = 3, k = weighted ? 6 : 1, E = 300;
+    size_t np = (size_t)n_tok * k * E, ne = (size_t)n_tok * E;
+    float *parts = randv(np, 1.0f), *w = randv((size_t)n_tok * k, 1.0f), *sh = randv(ne, 1.0f);
+    float gate[6] = {0.5f, 9.0f, -2.0f, 9.0f, 7.0f, 9.0f}; /* stride 2: every other one */
+    float *ref = xcalloc(ne, 4);
     for (int t = 0; t < n_tok; t++)
         for (int d = 0; d < E; d++) {
             float acc = 0;
-            for (int j = 0; j < k; j++) acc += parts[((size_t)t * k + j) * E + d] * w[t * k + j];
-            ref[(size_t)t * E + d] = acc;
+            for (int j = 0; j < k; j++)
+                acc += parts[((size_t)t * k + j) * E + d] * (weighted ? w[t * k + j] : 1.0f);
+            float g = gated ? 1.0f / (1.0f + expf(-gate[2 * t])) : 1.0f;
+            ref[(size_t)t * E + d] = shared ? acc + sh[(size_t)t * E + d] * g : acc;
         }
     struct vk_buf bp = vk_test_buf(c, parts, np * 4), bw = vk_test_buf(c, w, (size_t)n_tok * k * 4);
-    struct vk_buf bo = vk_test_buf(c, NULL, (size_t)n_tok * E * 4);
-    struct vk_moe_sum_push p = {bp.addr,     bw.addr,     bo.addr, (uint32_t)n_tok,
-                                (uint32_t)k, (uint32_t)E, 0};
+    struct vk_buf bs = vk_test_buf(c, sh, ne * 4), bg = vk_test_buf(c, gate, sizeof gate);
+    struct vk_buf bo = vk_test_buf(c, NULL, ne * 4);
+    struct vk_moe_sum_push p = {.parts = bp.addr,
+                                .w = weighted ? bw.addr : 0,
+                                .out = bo.addr,
+                                .shared = shared ? bs.addr : 0,
+                                .gate = gated ? bg.addr : 0,
+                                .n_tok = (uint32_t)n_tok,
+                                .k = (uint32_t)k,
+                                .E = (uint32_t)E,
+                                .gate_stride = 2};
     vk_test_run(c, VK_MOE_SUM, &p, sizeof p, (uint32_t)(E + 255) / 256, (uint32_t)n_tok, 1);
-    check("vk moe_sum", bo.map, ref, (size_t)n_tok * E, 1e-12);
-
-    memcpy(bo.map, y0, (size_t)n_tok * E * 4);
-    for (int t = 0; t < n_tok; t++) {
-        float s = 1.0f / (1.0f + expf(-gate[t]));
-        for (int d = 0; d < E; d++) y0[(size_t)t * E + d] += x[(size_t)t * E + d] * s;
-    }
-    struct vk_buf bx = vk_test_buf(c, x, (size_t)n_tok * E * 4), bg = vk_test_buf(c, gate, 12);
-    struct vk_gated_add_push gp = {bo.addr, bx.addr, bg.addr, (uint32_t)n_tok, (uint32_t)E, 1, 0};
-    vk_test_run(c, VK_GATED_ADD, &gp, sizeof gp, (uint32_t)(E + 255) / 256, (uint32_t)n_tok, 1);
-    check("vk gated_add (sigmoid-gated shared expert)", bo.map, y0, (size_t)n_tok * E, 1e-12);
-    vk_free(c, &bp), vk_free(c, &bw), vk_free(c, &bo), vk_free(c, &bx), vk_free(c, &bg);
-    free(parts), free(w), free(ref), free(x), free(y0);
+    check(name, bo.map, ref, ne, 1e-12);
+    vk_free(c, &bp), vk_free(c, &bw), vk_free(c, &bs), vk_free(c, &bg), vk_free(c, &bo);
+    free(parts), free(w), free(sh), free(ref);
 }
 
 int main(void) {
     struct vk_ctx *c = vk_test_open("vk ops");
     if (!c) return test_failures ? 1 : 0;
     test_rmsnorm(c);
-    rope_case(c, "vk rope normal", ROPE_NORM, 0, 0);
-    rope_case(c, "vk rope neox", ROPE_NEOX, 0, 0);
-    rope_case(c, "vk rope neox + freq factors", ROPE_NEOX, 0, 1);
-    rope_case(c, "vk rope yarn", ROPE_NORM, 1, 0);
+    rope_case(c, "vk rope normal", ROPE_NORM, 0, 0, 0);
+    rope_case(c, "vk rope neox", ROPE_NEOX, 0, 0, 0);
+    rope_case(c, "vk rope neox + freq factors", ROPE_NEOX, 0, 1, 0);
+    rope_case(c, "vk rope yarn", ROPE_NORM, 1, 0, 0);
+    rope_case(c, "vk rope normal into another buffer", ROPE_NORM, 0, 0, 1);
+    rope_case(c, "vk rope neox into another buffer", ROPE_NEOX, 0, 1, 1);
     test_elementwise(c);
-    test_moe_sum(c);
+    moe_sum_case(c, "vk moe_sum", 1, 0, 0);
+    moe_sum_case(c, "vk moe_sum + shared experts", 1, 1, 0);
+    moe_sum_case(c, "vk moe_sum + sigmoid-gated shared expert", 1, 1, 1);
+    moe_sum_case(c, "vk moe_sum of one unweighted part (the CPU's sum) + shared", 0, 1, 0);
     vk_close(c);
     return test_failures ? 1 : 0;
 }
