@@ -119,6 +119,7 @@ static const struct {
             K_ROW(VK_RMSNORM, rmsnorm),
     K_ROW(VK_ROPE, rope),
     K_ROW(VK_ATTENTION, attention),
+    K_ROW(VK_ATTN_COMBINE, attn_combine),
     K_ROW(VK_ADD, add),
     K_ROW(VK_COPY2D, copy2d),
     K_ROW(VK_ROUTER, router),

@@ -32,6 +32,7 @@ enum vk_kernel {
                     VK_RMSNORM,
     VK_ROPE,
     VK_ATTENTION,
+    VK_ATTN_COMBINE,
     VK_ADD,
     VK_COPY2D,
     VK_ROUTER,

@@ -15,6 +15,12 @@
 
 enum { ARENA_BYTES = 1 << 30 };
 
+/* Flash-decoding: when fewer than ATTN_GROUPS (head, token) workgroups would walk a context of
+ * at least 2 * ATTN_MIN_CHUNK keys (decode: one per head, most of a GPU idle), the keys are
+ * split so that about ATTN_GROUPS workgroups share them, in chunks of at least ATTN_MIN_CHUNK,
+ * for one more dispatch and barrier (attn_combine). */
+enum { ATTN_GROUPS = 256, ATTN_MIN_CHUNK = 256 };
+
 /* A weight as the kernels see it: its device address and its cpu_matrix shape. */
 struct gw {
     uint64_t addr; /* 0: absent, or left on the CPU */
@@ -35,6 +41,8 @@ struct vk_model {
     uint64_t x, xb, q, q_att, kv, att, att_v, gate, up, proj, moe_in, moe_out, router_logits,
         expert_w, expert_ids, shexp_gate;
     uint64_t sh_gate, sh_up; /* the shared experts' own, as they run beside the routed ones */
+    uint64_t attn_part;      /* a split attention's partial results */
+    uint32_t attn_min_chunk; /* ATTN_MIN_CHUNK, or MOERUN_VK_ATTN_CHUNK (tests: short contexts) */
     /* io (host-visible): the batch's tokens and positions in, logits out, and with cpu_moe or
      * CPU layers the rows the CPU reads and writes between submissions */
     int32_t *tokens_h, *pos_h;
@@ -168,6 +176,7 @@ static void layout_scratch(struct model *m, struct vk_model *g, struct carver *c
     uint64_t sh_ff = hp->n_ff_shexp ? hp->n_ff_shexp : 1;
     g->sh_gate = carve(c, B * sh_ff * 4, NULL);
     g->sh_up = carve(c, B * sh_ff * 4, NULL);
+    g->attn_part = carve(c, (uint64_t)ATTN_GROUPS * ((uint64_t)m->ag.v_head + 2) * 4, NULL);
 }
 
 static void layout_io(struct model *m, struct vk_model *g, struct carver *c) {
@@ -314,8 +323,25 @@ static const char *kernel_limits(const struct model *m) {
     return NULL;
 }
 
+/* MOERUN_VK_ATTN_CHUNK: the fewest keys per split of a split attention (default
+ * ATTN_MIN_CHUNK); tests set it low to split the short contexts of small models. */
+static int attn_min_chunk(uint32_t *out) {
+    const char *v = getenv("MOERUN_VK_ATTN_CHUNK");
+    *out = ATTN_MIN_CHUNK;
+    if (!v || !*v) return 0;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 1 || n > (1L << 20))
+        return err_set("MOERUN_VK_ATTN_CHUNK: bad value '%s' (keys per split, 1..1048576)", v),
+               -1;
+    *out = (uint32_t)n;
+    return 0;
+}
+
 int vk_model_init(struct model *m, const struct gpu_params *params) {
     struct gpu_params p = *params;
+    uint32_t min_chunk;
+    if (attn_min_chunk(&min_chunk)) return -1;
     struct vk_ctx *vk = p.shared ? p.shared : vk_open(p.device, p.device >= 0);
     if (!vk) {
         if (p.device >= 0) return -1;
@@ -342,6 +368,7 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
     }
     struct vk_model *g = xcalloc(1, sizeof *g);
     g->vk = vk;
+    g->attn_min_chunk = min_chunk;
     g->n_gpu_layers = p.gpu_layers;
     g->cpu_moe = p.cpu_moe && m->hp.n_expert > 0;
     g->shared = p.shared != NULL;
@@ -508,27 +535,44 @@ static void rope(struct model *m, struct heads src, struct heads dst, int n_tok,
     vk_dispatch(m->gpu->vk, VK_ROPE, &p, sizeof p, (uint32_t)n_head, (uint32_t)n_tok, 1);
 }
 
+static uint32_t attention_splits(const struct vk_model *g, const struct attn_args *a) {
+    uint32_t groups = (uint32_t)a->n_head * (uint32_t)a->n_tok;
+    uint32_t n = groups >= ATTN_GROUPS ? 1 : ATTN_GROUPS / groups;
+    uint32_t by_keys = (uint32_t)(a->pos0 + a->n_tok) / g->attn_min_chunk;
+    if (n > by_keys) n = by_keys;
+    if (n > VK_ATTN_MAX_SPLIT) n = VK_ATTN_MAX_SPLIT;
+    return n < 2 ? 1 : n;
+}
+
 static void attention(struct vk_model *g, const struct attn_args *a, uint64_t q, uint64_t k,
                       uint64_t v, uint64_t out) {
+    uint32_t n_split = attention_splits(g, a), n_kv = (uint32_t)(a->pos0 + a->n_tok);
     struct vk_attention_push p = {
-        q,
-        k,
-        v,
-        out,
-        (uint32_t)a->q_stride,
-        (uint32_t)a->k_stride,
-        (uint32_t)a->v_stride,
-        (uint32_t)a->out_stride,
-        (uint32_t)a->n_tok,
-        (uint32_t)a->pos0,
-        (uint32_t)a->n_head,
-        (uint32_t)a->n_head_kv,
-        (uint32_t)a->head_dim,
-        (uint32_t)a->head_dim_v,
-        a->scale,
-        0,
+        .q = q,
+        .k = k,
+        .v = v,
+        .out = out,
+        .part = g->attn_part,
+        .q_stride = (uint32_t)a->q_stride,
+        .k_stride = (uint32_t)a->k_stride,
+        .v_stride = (uint32_t)a->v_stride,
+        .out_stride = (uint32_t)a->out_stride,
+        .n_tok = (uint32_t)a->n_tok,
+        .pos0 = (uint32_t)a->pos0,
+        .n_head = (uint32_t)a->n_head,
+        .n_head_kv = (uint32_t)a->n_head_kv,
+        .head_dim = (uint32_t)a->head_dim,
+        .head_dim_v = (uint32_t)a->head_dim_v,
+        .scale = a->scale,
+        .chunk = n_split > 1 ? (n_kv + n_split - 1) / n_split : 0,
     };
-    vk_dispatch(g->vk, VK_ATTENTION, &p, sizeof p, (uint32_t)a->n_head, (uint32_t)a->n_tok, 1);
+    vk_dispatch(g->vk, VK_ATTENTION, &p, sizeof p, (uint32_t)a->n_head, (uint32_t)a->n_tok,
+                n_split);
+    if (n_split < 2) return;
+    vk_barrier(g->vk);
+    struct vk_attn_combine_push c = {g->attn_part, out, p.n_head, n_split, p.head_dim_v,
+                                     p.out_stride};
+    vk_dispatch(g->vk, VK_ATTN_COMBINE, &c, sizeof c, p.n_head, p.n_tok, 1);
 }
 
 #define BARRIER() vk_barrier(g->vk)

@@ -53,13 +53,21 @@ struct vk_rope_push {
 };
 
 /* attention: causal GQA as struct attn_args in cpu.h (token t sees cache positions
- * 0..pos0+t). Grid: (n_head, n_tok, 1). */
+ * 0..pos0+t). Grid: (n_head, n_tok, 1). Split (chunk != 0): grid (n_head, n_tok, n_split),
+ * split s over keys [s*chunk, (s+1)*chunk), each writing head_dim_v + 2 floats (running
+ * maximum, sum of weights, unnormalized weighted sums) at part + ((t*n_head + h)*n_split + s)
+ * records, which attn_combine turns into out. n_split <= VK_ATTN_MAX_SPLIT. */
+enum { VK_ATTN_MAX_SPLIT = 64 };
 struct vk_attention_push {
-    uint64_t q, k, v, out;
+    uint64_t q, k, v, out, part;
     uint32_t q_stride, k_stride, v_stride, out_stride;
     uint32_t n_tok, pos0, n_head, n_head_kv, head_dim, head_dim_v;
     float scale;
-    uint32_t pad_;
+    uint32_t chunk;
+};
+struct vk_attn_combine_push {
+    uint64_t part, out;
+    uint32_t n_head, n_split, head_dim_v, out_stride;
 };
 
 /* add: y[i] += x[x_period ? i % x_period : i] (a bias row added to every token when x_period

@@ -15,16 +15,19 @@
 //   3. values: threads own output dimensions (VW threads across the row, NT / VW slices of
 //      the tile's keys), each accumulating p * v.
 // At the end the slices' sums are added and divided by the sum of the weights.
+// Split (chunk != 0, flash-decoding: few (head, token) workgroups and a long context): the
+// grid's z-th workgroup takes keys [z * chunk, (z + 1) * chunk) and writes its running maximum,
+// its sum of weights and its unnormalized weighted sums to part, for attn_combine.
 // Rows are read as vec4 when every address, stride and width allows (multiples of 4 floats,
 // 16-byte aligned bases), else as floats.
 // Limits: head_dim <= 1024, head_dim_v <= 1024 (MLA's 576 / 512 fit).
 layout(local_size_x = 256) in;
 layout(push_constant, std430) uniform Push {
-    uint64_t q, k, v, dst;
+    uint64_t q, k, v, dst, part;
     uint q_stride, k_stride, v_stride, out_stride;
     uint n_tok, pos0, n_head, n_head_kv, head_dim, head_dim_v;
     float scale;
-    uint pad_;
+    uint chunk;
 } pc;
 
 layout(buffer_reference, std430, buffer_reference_align = 16) buffer AttnVec4 { vec4 v[]; };
@@ -56,7 +59,9 @@ void main() {
     const uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y;
     const uint hd = pc.head_dim, hdv = pc.head_dim_v;
     const uint kvh = h / (pc.n_head / pc.n_head_kv);
-    const uint n_kv = pc.pos0 + t + 1u;
+    const uint n_all = pc.pos0 + t + 1u;
+    const uint j_begin = pc.chunk == 0u ? 0u : min(gl_WorkGroupID.z * pc.chunk, n_all);
+    const uint n_kv = pc.chunk == 0u ? n_all : min(j_begin + pc.chunk, n_all); // keys end
     const float NEG_INF = uintBitsToFloat(0xff800000u);
     const uint64_t kbase = pc.k + 4ul * uint64_t(kvh) * hd;
     const uint64_t vbase = pc.v + 4ul * uint64_t(kvh) * hdv;
@@ -89,7 +94,7 @@ void main() {
     barrier();
 
     uint par = 0u;
-    for (uint j0 = 0u; j0 < n_kv; j0 += tile, par ^= 1u) {
+    for (uint j0 = j_begin; j0 < n_kv; j0 += tile, par ^= 1u) {
         // 1. scores
         const uint j = j0 + key_l;
         float s = 0.0;
@@ -198,6 +203,20 @@ void main() {
     barrier();
     float lsum = 0.0;
     for (uint sl = 0u; sl < n_slice; sl++) lsum += sh_part[sl];
+    if (pc.chunk != 0u) { // [m, l, sums[hdv]] per (token, head, split)
+        const uint64_t rec = (uint64_t(t) * pc.n_head + h) * gl_NumWorkGroups.z + gl_WorkGroupID.z;
+        Floats pp = Floats(pc.part + 4ul * rec * (hdv + 2u));
+        if (tid == 0u) {
+            pp.v[0] = m;
+            pp.v[1] = lsum;
+        }
+        for (uint d = tid; d < hdv; d += NT) {
+            float sum = 0.0;
+            for (uint sl = 0u; sl < n_slice; sl++) sum += sh_acc[sl * hdv + d];
+            pp.v[2u + d] = sum;
+        }
+        return;
+    }
     const float inv = 1.0 / lsum;
     Floats op = Floats(pc.dst + 4ul * (uint64_t(t) * pc.out_stride + uint64_t(h) * hdv));
     for (uint d = tid; d < hdv; d += NT) {

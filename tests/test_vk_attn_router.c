@@ -32,25 +32,34 @@ struct attn_case {
     int mla;          /* values are the first head_dim_v floats of the key rows */
     int pad;          /* extra floats at the end of every q, k, v and out row */
     float score_gain; /* scales q: 1 gives scores of about unit size, more makes them peaky */
+    int n_split;      /* > 1: split over the keys (flash-decoding), then attn_combine */
 };
 
 static const struct attn_case attn_cases[] = {
-    {"gqa_decode", 8, 2, 64, 64, 1, 37, 0, 0, 1.0f},
-    {"gqa_prefill", 8, 2, 64, 64, 7, 20, 0, 3, 1.0f},
-    {"gqa_first_token", 8, 2, 64, 64, 1, 0, 0, 0, 1.0f},
-    {"gqa_prefill_from_empty", 8, 2, 64, 64, 7, 0, 0, 1, 1.0f},
-    {"gqa_peaky", 8, 2, 64, 64, 3, 600, 0, 0, 6.0f},
-    {"mqa_decode", 8, 1, 128, 128, 1, 100, 0, 5, 1.0f},
-    {"mqa_prefill", 8, 1, 128, 128, 7, 250, 0, 0, 2.0f},
-    {"mha_odd_dims", 4, 4, 40, 24, 7, 9, 0, 7, 1.0f},
-    {"mha_odd_dims_vec4", 4, 4, 40, 24, 7, 9, 0, 4, 1.0f},
-    {"gqa_wide_stride_vec4", 8, 2, 64, 64, 3, 70, 0, 12, 2.0f},
-    {"mla_decode", 16, 1, 576, 512, 1, 300, 1, 0, 1.0f},
-    {"mla_prefill", 16, 1, 576, 512, 7, 50, 1, 3, 1.0f},
-    {"mla_peaky", 16, 1, 576, 512, 2, 1000, 1, 0, 4.0f},
-    {"long_gqa", 8, 2, 128, 128, 1, 2999, 0, 0, 1.0f},
-    {"long_gqa_prefill", 8, 2, 128, 128, 7, 2993, 0, 2, 3.0f},
-    {"long_mla", 16, 1, 576, 512, 1, 4095, 1, 0, 2.0f},
+    {"gqa_decode", 8, 2, 64, 64, 1, 37, 0, 0, 1.0f, 1},
+    {"gqa_prefill", 8, 2, 64, 64, 7, 20, 0, 3, 1.0f, 1},
+    {"gqa_first_token", 8, 2, 64, 64, 1, 0, 0, 0, 1.0f, 1},
+    {"gqa_prefill_from_empty", 8, 2, 64, 64, 7, 0, 0, 1, 1.0f, 1},
+    {"gqa_peaky", 8, 2, 64, 64, 3, 600, 0, 0, 6.0f, 1},
+    {"mqa_decode", 8, 1, 128, 128, 1, 100, 0, 5, 1.0f, 1},
+    {"mqa_prefill", 8, 1, 128, 128, 7, 250, 0, 0, 2.0f, 1},
+    {"mha_odd_dims", 4, 4, 40, 24, 7, 9, 0, 7, 1.0f, 1},
+    {"mha_odd_dims_vec4", 4, 4, 40, 24, 7, 9, 0, 4, 1.0f, 1},
+    {"gqa_wide_stride_vec4", 8, 2, 64, 64, 3, 70, 0, 12, 2.0f, 1},
+    {"mla_decode", 16, 1, 576, 512, 1, 300, 1, 0, 1.0f, 1},
+    {"mla_prefill", 16, 1, 576, 512, 7, 50, 1, 3, 1.0f, 1},
+    {"mla_peaky", 16, 1, 576, 512, 2, 1000, 1, 0, 4.0f, 1},
+    {"long_gqa", 8, 2, 128, 128, 1, 2999, 0, 0, 1.0f, 1},
+    {"long_gqa_prefill", 8, 2, 128, 128, 7, 2993, 0, 2, 3.0f, 1},
+    {"long_mla", 16, 1, 576, 512, 1, 4095, 1, 0, 2.0f, 1},
+    /* split: chunks not a multiple of a key tile; prefill tokens whose last splits see no
+     * key at all; the split count's limit */
+    {"gqa_decode_split3", 8, 2, 64, 64, 1, 37, 0, 0, 1.0f, 3},
+    {"gqa_prefill_split4", 8, 2, 64, 64, 7, 20, 0, 3, 1.0f, 4},
+    {"mla_decode_split5", 16, 1, 576, 512, 1, 300, 1, 0, 1.0f, 5},
+    {"mla_peaky_split7", 16, 1, 576, 512, 2, 1000, 1, 0, 4.0f, 7},
+    {"long_gqa_prefill_split16", 8, 2, 128, 128, 7, 2993, 0, 2, 3.0f, 16},
+    {"long_mla_split64", 16, 1, 576, 512, 1, 4095, 1, 0, 2.0f, VK_ATTN_MAX_SPLIT},
 };
 
 /* Exact (double) attention for one (token, head): out[d], and in scale_d[d] the sum over
@@ -98,9 +107,11 @@ static void test_attention_case(struct vk_ctx *vk, struct cpu_ctx *cpu, const st
     size_t q_n = (size_t)c->n_tok * (size_t)q_stride, k_n = (size_t)n_ctx * (size_t)k_stride;
     size_t v_n = c->mla ? 0 : (size_t)n_ctx * (size_t)v_stride;
     size_t o_n = (size_t)c->n_tok * (size_t)out_stride;
+    int n_split = c->n_split > 1 ? c->n_split : 1;
+    size_t part_n = (size_t)c->n_tok * c->n_head * n_split * (c->head_dim_v + 2);
     struct vk_buf q = vk_test_buf(vk, NULL, q_n * 4), k = vk_test_buf(vk, NULL, k_n * 4),
                   v = c->mla ? k : vk_test_buf(vk, NULL, v_n * 4),
-                  o = vk_test_buf(vk, NULL, o_n * 4);
+                  o = vk_test_buf(vk, NULL, o_n * 4), part = vk_test_buf(vk, NULL, part_n * 4);
     float *qf = q.map, *kf = k.map, *vf = v.map, *of = o.map;
     for (size_t i = 0; i < q_n; i++) qf[i] = c->score_gain * rng_normal();
     for (size_t i = 0; i < k_n; i++) kf[i] = rng_normal();
@@ -125,7 +136,15 @@ static void test_attention_case(struct vk_ctx *vk, struct cpu_ctx *cpu, const st
         .head_dim = (uint32_t)c->head_dim,
         .head_dim_v = (uint32_t)c->head_dim_v,
         .scale = scale,
+        .part = part.addr,
+        .chunk = n_split > 1 ? (uint32_t)((n_ctx + n_split - 1) / n_split) : 0,
     };
+    struct vk_attn_combine_push pc = {part.addr,
+                                      o.addr,
+                                      (uint32_t)c->n_head,
+                                      (uint32_t)n_split,
+                                      (uint32_t)c->head_dim_v,
+                                      (uint32_t)out_stride};
     char name[96];
     snprintf(name, sizeof name, "vk_attention_%s", c->name);
     double t0 = time_now();
@@ -133,7 +152,13 @@ static void test_attention_case(struct vk_ctx *vk, struct cpu_ctx *cpu, const st
         test_report(name, 0, "vk_begin: %s", err_get());
         goto done;
     }
-    vk_dispatch(vk, VK_ATTENTION, &pa, sizeof pa, (uint32_t)c->n_head, (uint32_t)c->n_tok, 1);
+    vk_dispatch(vk, VK_ATTENTION, &pa, sizeof pa, (uint32_t)c->n_head, (uint32_t)c->n_tok,
+                (uint32_t)n_split);
+    if (n_split > 1) {
+        vk_barrier(vk);
+        vk_dispatch(vk, VK_ATTN_COMBINE, &pc, sizeof pc, (uint32_t)c->n_head, (uint32_t)c->n_tok,
+                    1);
+    }
     if (vk_submit(vk) != 0) {
         test_report(name, 0, "vk_submit: %s", err_get());
         goto done;
@@ -190,6 +215,7 @@ static void test_attention_case(struct vk_ctx *vk, struct cpu_ctx *cpu, const st
     free(ex);
     free(ref);
 done:
+    vk_free(vk, &part);
     vk_free(vk, &o);
     if (!c->mla) vk_free(vk, &v);
     vk_free(vk, &k);

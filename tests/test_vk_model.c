@@ -29,6 +29,7 @@ struct placement {
     const char *label;
     int gpu_layers; /* -1: all */
     int cpu_moe;
+    const char *attn_chunk; /* MOERUN_VK_ATTN_CHUNK: split attention over short contexts */
 };
 
 /* pl NULL: all on the CPU. Any CPU part multiplies f32 activations by dequantized weights. */
@@ -41,7 +42,10 @@ static int open_model(struct model *m, const char *path, const struct placement 
         p.gpu.gpu_layers = pl->gpu_layers;
         p.gpu.cpu_moe = pl->cpu_moe;
     }
-    if (model_init(m, &p) < 0) return -1;
+    if (pl && pl->attn_chunk) setenv("MOERUN_VK_ATTN_CHUNK", pl->attn_chunk, 1);
+    int rc = model_init(m, &p);
+    unsetenv("MOERUN_VK_ATTN_CHUNK");
+    if (rc < 0) return -1;
     if (pl && !m->gpu) return err_set("the model did not go to the GPU"), -1;
     return 0;
 }
@@ -74,7 +78,7 @@ static void check_type(const char *dir, const char *family, const char *type) {
     snprintf(deq, sizeof deq, "%s/%s-%s.deqf32.logits.bin", dir, family, type);
     if (!test_file_exists(gguf)) return;
     int nv = 0;
-    struct placement all = {"", -1, 0};
+    struct placement all = {"", -1, 0, NULL};
     float *gpu = logits_of(gguf, &all, PATH_BATCH, &nv);
     float *dec = logits_of(gguf, &all, PATH_DECODE, &nv);
     float *cpu = cpu_has_blas() ? logits_of(gguf, NULL, PATH_BATCH, &nv) : NULL;
@@ -101,12 +105,16 @@ static void check_type(const char *dir, const char *family, const char *type) {
     free(gpu), free(dec), free(cpu), free(want), free(want_deq);
 }
 
-/* Hybrid placements against the all-GPU run of the same F32 file. */
+/* Hybrid placements, and attention split over 2-key chunks (flash-decoding; decode on a
+ * long context, forced here on the short fixtures), against the all-GPU run of the same
+ * Q4_K_M file. */
 static void check_placements(const char *dir, const char *family) {
     char gguf[600], name[160];
     snprintf(gguf, sizeof gguf, "%s/%s-Q4_K_M.gguf", dir, family);
     if (!test_file_exists(gguf)) return;
-    struct placement all = {"", -1, 0}, cases[] = {{"--cpu-moe", -1, 1}, {"--gpu-layers 1", 1, 0}};
+    struct placement all = {"", -1, 0, NULL}, cases[] = {{"--cpu-moe", -1, 1, NULL},
+                                                         {"--gpu-layers 1", 1, 0, NULL},
+                                                         {"split attention", -1, 0, "2"}};
     if (!cpu_has_blas()) {
         test_skip(family, "placements: built without OpenBLAS (the CPU parts' f32 path)");
         return;
