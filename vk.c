@@ -123,7 +123,7 @@ static const struct {
     K_ROW(VK_ADD, add),
     K_ROW(VK_COPY2D, copy2d),
     K_ROW(VK_ROUTER, router),
-    K_ROW(VK_MOE_SUM, moe_sum),
+    K_ROW(VK_MOE_RESIDUAL, moe_residual),
 #undef K_ROW
 };
 
@@ -231,14 +231,14 @@ static const char *result_name(VkResult r) {
         R(VK_TIMEOUT)
         R(VK_INCOMPLETE)
         R(VK_ERROR_OUT_OF_HOST_MEMORY)
-        R(VK_ERROR_OUT_OF_DEVICE_MEMORY) R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST)
-            R(VK_ERROR_MEMORY_MAP_FAILED) R(VK_ERROR_LAYER_NOT_PRESENT)
-                R(VK_ERROR_EXTENSION_NOT_PRESENT) R(VK_ERROR_FEATURE_NOT_PRESENT)
-                    R(VK_ERROR_INCOMPATIBLE_DRIVER) R(VK_ERROR_TOO_MANY_OBJECTS)
-                        R(VK_ERROR_FORMAT_NOT_SUPPORTED) R(VK_ERROR_INVALID_SHADER_NV)
-                            R(VK_ERROR_UNKNOWN)
+        R(VK_ERROR_OUT_OF_DEVICE_MEMORY)
+        R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED)
+            R(VK_ERROR_LAYER_NOT_PRESENT) R(VK_ERROR_EXTENSION_NOT_PRESENT)
+                R(VK_ERROR_FEATURE_NOT_PRESENT) R(VK_ERROR_INCOMPATIBLE_DRIVER)
+                    R(VK_ERROR_TOO_MANY_OBJECTS) R(VK_ERROR_FORMAT_NOT_SUPPORTED)
+                        R(VK_ERROR_INVALID_SHADER_NV) R(VK_ERROR_UNKNOWN)
 #undef R
-                                default : return "VkResult";
+                            default : return "VkResult";
     }
 }
 

@@ -36,7 +36,7 @@ enum vk_kernel {
     VK_ADD,
     VK_COPY2D,
     VK_ROUTER,
-    VK_MOE_SUM,
+    VK_MOE_RESIDUAL,
     VK_KERNEL_COUNT
 };
 

@@ -332,8 +332,7 @@ static int attn_min_chunk(uint32_t *out) {
     char *end;
     long n = strtol(v, &end, 10);
     if (*end || n < 1 || n > (1L << 20))
-        return err_set("MOERUN_VK_ATTN_CHUNK: bad value '%s' (keys per split, 1..1048576)", v),
-               -1;
+        return err_set("MOERUN_VK_ATTN_CHUNK: bad value '%s' (keys per split, 1..1048576)", v), -1;
     *out = (uint32_t)n;
     return 0;
 }
@@ -570,8 +569,8 @@ static void attention(struct vk_model *g, const struct attn_args *a, uint64_t q,
                 n_split);
     if (n_split < 2) return;
     vk_barrier(g->vk);
-    struct vk_attn_combine_push c = {g->attn_part, out, p.n_head, n_split, p.head_dim_v,
-                                     p.out_stride};
+    struct vk_attn_combine_push c = {g->attn_part, out,          p.n_head,
+                                     n_split,      p.head_dim_v, p.out_stride};
     vk_dispatch(g->vk, VK_ATTN_COMBINE, &c, sizeof c, p.n_head, p.n_tok, 1);
 }
 
@@ -794,10 +793,11 @@ static int cpu_routed_experts(struct model *m, int il, int n_tok) {
     return vk_begin(g->vk);
 }
 
-/* A MoE feed-forward over xb into proj. The shared experts' products run beside the router's
- * and the routed experts' (they need only xb), and one pass sums the chosen experts' outputs
- * with their weights and adds the shared output: four barriers from xb to proj. */
-static int moe_ffn(struct model *m, int il, int n_tok) {
+/* A MoE feed-forward over xb and the residual step after it (x += its output, then
+ * next_norm into xb; NULL: none). The shared experts' products run beside the router's and
+ * the routed experts' (they need only xb), and one pass sums the chosen experts' outputs with
+ * their weights and the shared output into x and norms it: five barriers from xb to xb. */
+static int moe_ffn(struct model *m, int il, int n_tok, const struct gw *next_norm) {
     struct vk_model *g = m->gpu;
     const struct gw *L = g->lw[il];
     uint32_t E = m->hp.n_embd, k = m->hp.n_expert_used;
@@ -819,23 +819,27 @@ static int moe_ffn(struct model *m, int il, int n_tok) {
                 &(struct mm_args){
                     .x = g->sh_gate, .x_up = sh_x_up, .y = g->moe_in, .n_tok = (uint32_t)n_tok});
     BARRIER();
-    struct vk_moe_sum_push p = {.parts = g->moe_out,
-                                .w = g->expert_w,
-                                .out = g->proj,
-                                .shared = shared ? g->moe_in : 0,
-                                .gate = gated ? g->shexp_gate : 0,
-                                .n_tok = (uint32_t)n_tok,
-                                .k = k,
-                                .E = E,
-                                .gate_stride = 1};
+    struct vk_moe_residual_push p = {.x = g->x,
+                                     .y = next_norm ? g->xb : 0,
+                                     .w = next_norm ? next_norm->addr : 0,
+                                     .parts = g->moe_out,
+                                     .weights = g->expert_w,
+                                     .shared = shared ? g->moe_in : 0,
+                                     .gate = gated ? g->shexp_gate : 0,
+                                     .k = k,
+                                     .E = E,
+                                     .gate_stride = 1,
+                                     .eps = m->hp.norm_eps};
     if (g->cpu_moe) {
         if (cpu_routed_experts(m, il, n_tok)) return -1;
-        p.parts = g->xfer_out, p.w = 0, p.k = 1; /* the CPU's sum, as it is */
+        p.parts = g->xfer_out, p.weights = 0, p.k = 1; /* the CPU's sum, as it is */
     } else {
         routed_experts(m, L, n_tok);
     }
     BARRIER();
-    vk_dispatch(g->vk, VK_MOE_SUM, &p, sizeof p, groups(E, 256), (uint32_t)n_tok, 1);
+    p.n_tok = (uint32_t)n_tok;
+    vk_dispatch(g->vk, VK_MOE_RESIDUAL, &p, sizeof p, groups((uint64_t)n_tok, 1), 1, 1);
+    BARRIER();
     return 0;
 }
 
@@ -852,14 +856,12 @@ static void residual(struct model *m, int n_tok, const struct gw *next_norm) {
     BARRIER();
 }
 
-/* The feed-forward half over xb (already normed); ends with x += proj and next_norm. */
+/* The feed-forward half over xb (already normed); ends with x += its output and next_norm. */
 static int ffn_block(struct model *m, int il, int n_tok, const struct gw *next_norm) {
     struct vk_model *g = m->gpu;
     const struct gw *L = g->lw[il];
-    if (!m->layers[il].is_moe)
-        swiglu_ffn(g, &L[W_FFN_GATE], &L[W_FFN_UP], &L[W_FFN_DOWN], g->xb, n_tok, g->proj);
-    else if (moe_ffn(m, il, n_tok))
-        return -1;
+    if (m->layers[il].is_moe) return moe_ffn(m, il, n_tok, next_norm);
+    swiglu_ffn(g, &L[W_FFN_GATE], &L[W_FFN_UP], &L[W_FFN_DOWN], g->xb, n_tok, g->proj);
     BARRIER();
     residual(m, n_tok, next_norm);
     return 0;

@@ -96,13 +96,16 @@ struct vk_router_push {
     uint32_t pad2_;
 };
 
-/* moe_sum: out[t*E + d] = (sum over c < k, in order, of parts[(t*k + c)*E + d] * w[t*k + c])
- * + shared[t*E + d] * g, where w = 0 means weights of 1, shared = 0 means no shared term, and
- * g = sigmoid(gate[t*gate_stride]) (qwen2moe's gated shared expert), or 1 when gate = 0.
- * Grid: (ceil(E / 256), n_tok, 1). */
-struct vk_moe_sum_push {
-    uint64_t parts, w, out, shared, gate;
+/* moe_residual: per token t (x, y rows E floats apart): x_t += (sum over c < k, in order, of
+ * parts[(t*k + c)*E + d] * weights[t*k + c]) + shared[t*E + d] * g, where weights = 0 means
+ * weights of 1, shared = 0 no shared term, g = sigmoid(gate[t*gate_stride]) (qwen2moe's gated
+ * shared expert) or 1 when gate = 0; then y_t = rmsnorm(x_t) * w as vk_rmsnorm_push (y = 0:
+ * no norm). Grid: (n_tok, 1, 1), or fewer: workgroups stride over the tokens. */
+struct vk_moe_residual_push {
+    uint64_t x, y, w, parts, weights, shared, gate;
     uint32_t n_tok, k, E, gate_stride;
+    float eps;
+    uint32_t pad_;
 };
 
 #endif

@@ -1,6 +1,7 @@
 /* The small Vulkan kernels against the CPU ops they mirror: rmsnorm, rope (normal, NeoX,
  * YaRN, frequency factors, in place and into another buffer), add (plain and a broadcast
- * bias), copy2d, and the weighted expert sum with the shared experts' (gated) output. Bounds: these
+ * bias), copy2d, and a MoE layer's residual step (the weighted expert sum with the shared
+ * experts' (gated) output, added to x, then the norm). Bounds: these
  * are a handful of float operations per value, so they differ from the CPU only by rounding order
  * and the GPU's exp/sin/cos/pow (NMSE 1e-10, i.e. about 1e-5 relative); rope angles at positions up
  * to 4000 carry the driver's sin/cos error on large arguments, hence its looser 1e-8. */
@@ -155,38 +156,54 @@ static void test_elementwise(struct vk_ctx *c) {
     free(g), free(u), free(ref);
 }
 
-/* moe_sum with k weighted parts (or unweighted: w = 0) and an optional shared output, plain or
- * sigmoid-gated; the reference sums in the same order. */
-static void moe_sum_case(struct vk_ctx *c, const char *name, int weighted, int shared, int gated) {
+/* moe_residual with k weighted parts (or unweighted: weights = 0), an optional shared output,
+ * plain or sigmoid-gated, and the norm after it or none; the reference sums in the same
+ * order. E = 300: more than a workgroup's 256 invocations. */
+static void moe_residual_case(struct vk_ctx *c, const char *name, int weighted, int shared,
+                              int gated, int norm) {
     int n_tok = 3, k = weighted ? 6 : 1, E = 300;
     size_t np = (size_t)n_tok * k * E, ne = (size_t)n_tok * E;
     float *parts = randv(np, 1.0f), *w = randv((size_t)n_tok * k, 1.0f), *sh = randv(ne, 1.0f);
+    float *x = randv(ne, 2.0f), *nw = randv((size_t)E, 1.0f), *y0 = randv(ne, 1.0f);
     float gate[6] = {0.5f, 9.0f, -2.0f, 9.0f, 7.0f, 9.0f}; /* stride 2: every other one */
-    float *ref = xcalloc(ne, 4);
-    for (int t = 0; t < n_tok; t++)
+    float *want_x = xmalloc(ne * 4), *want_y = xmalloc(ne * 4);
+    memcpy(want_y, y0, ne * 4);
+    for (int t = 0; t < n_tok; t++) {
+        float g = gated ? 1.0f / (1.0f + expf(-gate[2 * t])) : 1.0f;
         for (int d = 0; d < E; d++) {
             float acc = 0;
             for (int j = 0; j < k; j++)
                 acc += parts[((size_t)t * k + j) * E + d] * (weighted ? w[t * k + j] : 1.0f);
-            float g = gated ? 1.0f / (1.0f + expf(-gate[2 * t])) : 1.0f;
-            ref[(size_t)t * E + d] = shared ? acc + sh[(size_t)t * E + d] * g : acc;
+            if (shared) acc += sh[(size_t)t * E + d] * g;
+            want_x[(size_t)t * E + d] = x[(size_t)t * E + d] + acc;
         }
+        if (norm) cpu_rmsnorm(want_y + (size_t)t * E, want_x + (size_t)t * E, nw, E, 1, 1e-6f);
+    }
     struct vk_buf bp = vk_test_buf(c, parts, np * 4), bw = vk_test_buf(c, w, (size_t)n_tok * k * 4);
     struct vk_buf bs = vk_test_buf(c, sh, ne * 4), bg = vk_test_buf(c, gate, sizeof gate);
-    struct vk_buf bo = vk_test_buf(c, NULL, ne * 4);
-    struct vk_moe_sum_push p = {.parts = bp.addr,
-                                .w = weighted ? bw.addr : 0,
-                                .out = bo.addr,
-                                .shared = shared ? bs.addr : 0,
-                                .gate = gated ? bg.addr : 0,
-                                .n_tok = (uint32_t)n_tok,
-                                .k = (uint32_t)k,
-                                .E = (uint32_t)E,
-                                .gate_stride = 2};
-    vk_test_run(c, VK_MOE_SUM, &p, sizeof p, (uint32_t)(E + 255) / 256, (uint32_t)n_tok, 1);
-    check(name, bo.map, ref, ne, 1e-12);
-    vk_free(c, &bp), vk_free(c, &bw), vk_free(c, &bs), vk_free(c, &bg), vk_free(c, &bo);
-    free(parts), free(w), free(sh), free(ref);
+    struct vk_buf bx = vk_test_buf(c, x, ne * 4), by = vk_test_buf(c, y0, ne * 4);
+    struct vk_buf bn = vk_test_buf(c, nw, (size_t)E * 4);
+    struct vk_moe_residual_push p = {.x = bx.addr,
+                                     .y = norm ? by.addr : 0,
+                                     .w = bn.addr,
+                                     .parts = bp.addr,
+                                     .weights = weighted ? bw.addr : 0,
+                                     .shared = shared ? bs.addr : 0,
+                                     .gate = gated ? bg.addr : 0,
+                                     .n_tok = (uint32_t)n_tok,
+                                     .k = (uint32_t)k,
+                                     .E = (uint32_t)E,
+                                     .gate_stride = 2,
+                                     .eps = 1e-6f};
+    vk_test_run(c, VK_MOE_RESIDUAL, &p, sizeof p, 2, 1, 1); /* 2 groups: the token stride */
+    char full[160];
+    snprintf(full, sizeof full, "%s: the residual", name);
+    check(full, bx.map, want_x, ne, 1e-12);
+    snprintf(full, sizeof full, "%s: %s", name, norm ? "the norm" : "no norm written");
+    check(full, by.map, want_y, ne, norm ? 1e-10 : 0);
+    vk_free(c, &bp), vk_free(c, &bw), vk_free(c, &bs), vk_free(c, &bg);
+    vk_free(c, &bx), vk_free(c, &by), vk_free(c, &bn);
+    free(parts), free(w), free(sh), free(x), free(nw), free(y0), free(want_x), free(want_y);
 }
 
 int main(void) {
@@ -200,10 +217,11 @@ int main(void) {
     rope_case(c, "vk rope normal into another buffer", ROPE_NORM, 0, 0, 1);
     rope_case(c, "vk rope neox into another buffer", ROPE_NEOX, 0, 1, 1);
     test_elementwise(c);
-    moe_sum_case(c, "vk moe_sum", 1, 0, 0);
-    moe_sum_case(c, "vk moe_sum + shared experts", 1, 1, 0);
-    moe_sum_case(c, "vk moe_sum + sigmoid-gated shared expert", 1, 1, 1);
-    moe_sum_case(c, "vk moe_sum of one unweighted part (the CPU's sum) + shared", 0, 1, 0);
+    moe_residual_case(c, "vk moe_residual", 1, 0, 0, 1);
+    moe_residual_case(c, "vk moe_residual + shared experts", 1, 1, 0, 1);
+    moe_residual_case(c, "vk moe_residual + sigmoid-gated shared expert", 1, 1, 1, 1);
+    moe_residual_case(c, "vk moe_residual of one unweighted part (the CPU's sum)", 0, 1, 0, 1);
+    moe_residual_case(c, "vk moe_residual, no norm after it", 1, 1, 1, 0);
     vk_close(c);
     return test_failures ? 1 : 0;
 }
