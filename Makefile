@@ -100,11 +100,14 @@ $(BUILD)/libmoerun.a: $(LIB_OBJ)
 # ---- shaders: compiled by glslc into SPIR-V words that vk.c embeds ----
 VK_TYPES := F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K
 VK_PLAIN := rmsnorm rope attention attn_combine add copy2d router moe_residual
-VK_SPV := $(VK_TYPES:%=mul_mat_%) $(VK_TYPES:%=get_rows_%) $(VK_PLAIN)
+VK_SPV := $(VK_TYPES:%=mul_mat_%) $(VK_TYPES:%=mul_mm_%) $(VK_TYPES:%=get_rows_%) $(VK_PLAIN)
 GLSL_DEPS := $(wildcard shaders/*.glsl)
 GLSLC_FLAGS := --target-env=vulkan1.2 -Ishaders -O -mfmt=c
 
 $(BUILD)/shaders/mul_mat_%.inc: shaders/mul_mat.comp $(GLSL_DEPS)
+	@mkdir -p $(dir $@)
+	$(GLSLC) $(GLSLC_FLAGS) -DQTYPE_$* $< -o $@
+$(BUILD)/shaders/mul_mm_%.inc: shaders/mul_mm.comp $(GLSL_DEPS)
 	@mkdir -p $(dir $@)
 	$(GLSLC) $(GLSLC_FLAGS) -DQTYPE_$* $< -o $@
 $(BUILD)/shaders/get_rows_%.inc: shaders/get_rows.comp $(GLSL_DEPS)
@@ -115,7 +118,7 @@ $(BUILD)/shaders/%.inc: shaders/%.comp $(GLSL_DEPS)
 	$(GLSLC) $(GLSLC_FLAGS) $< -o $@
 
 # Kernels whose shader source is absent embed {0}; vk.c refuses to run them by name.
-VK_BUILT := $(VK_TYPES:%=mul_mat_%) $(VK_TYPES:%=get_rows_%) \
+VK_BUILT := $(VK_TYPES:%=mul_mat_%) $(VK_TYPES:%=mul_mm_%) $(VK_TYPES:%=get_rows_%) \
             $(patsubst shaders/%.comp,%,$(wildcard $(VK_PLAIN:%=shaders/%.comp)))
 $(BUILD)/vk_spirv.h: $(VK_BUILT:%=$(BUILD)/shaders/%.inc)
 	@for k in $(VK_SPV); do \

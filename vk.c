@@ -27,6 +27,12 @@ int vk_get_rows_kernel(uint32_t qtype) {
     return k < 0 ? -1 : k - VK_MUL_MAT_F32 + VK_GET_ROWS_F32;
 }
 
+int vk_mul_mm_kernel(uint32_t qtype, enum vk_mm_fuse fuse) {
+    int k = vk_mul_mat_kernel(qtype);
+    if (k < 0 || fuse == VK_MM_GATE_UP) return -1;
+    return VK_MUL_MM_F32 + 2 * (k - VK_MUL_MAT_F32) + (fuse == VK_MM_SWIGLU_IN);
+}
+
 int vk_mul_mat_fused_kernel(uint32_t qtype, enum vk_mm_fuse fuse) {
     static const int first[] = {VK_MUL_MAT_F32, VK_MUL_MAT_SWIGLU_F32, VK_MUL_MAT_GATE_UP_F32};
     int k = vk_mul_mat_kernel(qtype);
@@ -111,6 +117,11 @@ static const struct {
 #undef MM_SWIGLU
 #undef MM_PLAIN
 #undef MM_ROW
+#define MMT_ROW(t)                                                                                 \
+    [VK_MUL_MM_##t] = {"mul_mm_" #t, spv_mul_mm_##t, sizeof spv_mul_mm_##t, 0},                     \
+    [VK_MUL_MM_SWIGLU_##t] = {"mul_mm_swiglu_" #t, spv_mul_mm_##t, sizeof spv_mul_mm_##t, 1},
+        VK_QTYPE_LIST(MMT_ROW)
+#undef MMT_ROW
 #define GR_ROW(t)                                                                                  \
     [VK_GET_ROWS_##t] = {"get_rows_" #t, spv_get_rows_##t, sizeof spv_get_rows_##t, 0},
         VK_QTYPE_LIST(GR_ROW)

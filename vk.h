@@ -29,6 +29,9 @@ enum vk_kernel {
 #define VK_MMG_ENUM(t) VK_MUL_MAT_GATE_UP_##t,
                 VK_QTYPE_LIST(VK_MMG_ENUM)
 #undef VK_MMG_ENUM
+#define VK_MMT_ENUM(t) VK_MUL_MM_##t, VK_MUL_MM_SWIGLU_##t,
+                    VK_QTYPE_LIST(VK_MMT_ENUM)
+#undef VK_MMT_ENUM
                     VK_RMSNORM,
     VK_ROPE,
     VK_ATTENTION,
@@ -45,6 +48,8 @@ enum vk_kernel {
 int vk_mul_mat_kernel(uint32_t qtype);
 enum vk_mm_fuse { VK_MM_PLAIN, VK_MM_SWIGLU_IN, VK_MM_GATE_UP };
 int vk_mul_mat_fused_kernel(uint32_t qtype, enum vk_mm_fuse fuse);
+/* The tiled product for batches (mul_mm), plain or VK_MM_SWIGLU_IN; -1 when the type lacks it. */
+int vk_mul_mm_kernel(uint32_t qtype, enum vk_mm_fuse fuse);
 int vk_get_rows_kernel(uint32_t qtype);
 
 struct vk_ctx;

@@ -428,6 +428,10 @@ struct mm_args {
 
 enum { MAX_GROUPS = 65535 }; /* the smallest maxComputeWorkGroupCount Vulkan allows */
 
+/* Batches of at least this many tokens use the tiled product (mul_mm: weights read once per
+ * 64 tokens; mul_mat: once per 8, but no idle threads on a few tokens). */
+enum { MM_TILED_MIN_TOKS = 32 };
+
 /* Outputs past MAX_GROUPS workgroups of rows (large vocabularies) go in further dispatches. */
 static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args *a) {
     uint32_t n_out = a->n_out ? a->n_out : (uint32_t)w->m.n_out;
@@ -446,16 +450,19 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
         .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
     };
     enum vk_mm_fuse fuse = a->w_up ? VK_MM_GATE_UP : a->x_up ? VK_MM_SWIGLU_IN : VK_MM_PLAIN;
-    uint32_t rows = fuse == VK_MM_GATE_UP ? 1 : VK_MM_ROWS, chunk = MAX_GROUPS * rows;
+    int tiled = a->n_tok >= MM_TILED_MIN_TOKS && fuse != VK_MM_GATE_UP;
+    uint32_t rows = tiled ? VK_MM_TILE_ROWS : fuse == VK_MM_GATE_UP ? 1 : VK_MM_ROWS;
+    uint32_t toks = tiled ? VK_MM_TILE_TOKS : VK_MM_TOKS, chunk = MAX_GROUPS * rows;
+    int kernel =
+        tiled ? vk_mul_mm_kernel(w->m.type, fuse) : vk_mul_mat_fused_kernel(w->m.type, fuse);
     for (uint32_t r0 = 0; r0 < n_out; r0 += chunk) {
         uint64_t row0 = a->w_offset + (uint64_t)r0 * w->m.row_bytes;
         p.w = w->addr + row0;
         p.w_up = a->w_up ? a->w_up + (uint64_t)r0 * w->m.row_bytes : 0;
         p.y = a->y + 4 * (uint64_t)r0;
         p.n_out = n_out - r0 < chunk ? n_out - r0 : chunk;
-        vk_dispatch(g->vk, (enum vk_kernel)vk_mul_mat_fused_kernel(w->m.type, fuse), &p, sizeof p,
-                    (p.n_out + rows - 1) / rows, (a->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS,
-                    a->nz ? a->nz : 1);
+        vk_dispatch(g->vk, (enum vk_kernel)kernel, &p, sizeof p, (p.n_out + rows - 1) / rows,
+                    (a->n_tok + toks - 1) / toks, a->nz ? a->nz : 1);
     }
 }
 
@@ -699,13 +706,14 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
 }
 
 /* The SwiGLU's gate and up products over a's input: silu(gate x) * (up x) into a.y by one
- * fused product when the two matrices share a format and layout (the usual case); otherwise the
- * two products into a.y and up_y, returned for the down product to combine as it loads them
- * (its x_up; 0 when fused). up_row0: the up rows' first row in up (a fused gate_up tensor). */
+ * fused product when the two matrices share a format and layout (the usual case in decode);
+ * otherwise (batches take the tiled product) the two products into a.y and up_y, returned for
+ * the down product to combine as it loads them (its x_up; 0 when fused). up_row0: the up
+ * rows' first row in up (a fused gate_up tensor). */
 static uint64_t gate_up(struct vk_model *g, const struct gw *gate, const struct gw *up,
                         uint64_t up_row0, struct mm_args a, uint64_t up_y) {
-    if (gate->m.type == up->m.type && gate->m.row_bytes == up->m.row_bytes &&
-        gate->matrix_bytes == up->matrix_bytes) {
+    if (a.n_tok < MM_TILED_MIN_TOKS && gate->m.type == up->m.type &&
+        gate->m.row_bytes == up->m.row_bytes && gate->matrix_bytes == up->matrix_bytes) {
         a.w_up = up->addr + up_row0 * up->m.row_bytes;
         mul_mat(g, gate, &a);
         return 0;

@@ -13,6 +13,9 @@
  * Grid: (ceil(n_out / VK_MM_ROWS), ceil(n_tok / VK_MM_TOKS), number of z); mul_mat_gate_up
  * (a gate and an up row per workgroup): (n_out, ...). */
 enum { VK_MM_ROWS = 2, VK_MM_TOKS = 8 };
+/* mul_mm_<type>: the same product, tiled for batches: grid (ceil(n_out / VK_MM_TILE_ROWS),
+ * ceil(n_tok / VK_MM_TILE_TOKS), number of z); mul_mm_swiglu as mul_mat_swiglu (x_up). */
+enum { VK_MM_TILE_ROWS = 32, VK_MM_TILE_TOKS = 64 };
 struct vk_mul_mat_push {
     uint64_t w, x, y, ids; /* ids: int32 per z, or 0 */
     uint64_t x_up; /* mul_mat_swiglu: SwiGLU's up rows (x's layout); the input is silu(x) * up */

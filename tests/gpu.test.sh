@@ -57,6 +57,14 @@ same_text "-ngl 2" --device 0 -ngl 2
 grep -q "2 of 4 layers" "$tmp/gpu.err"
 check "-ngl 2: 2 of 4 layers in the summary" $? "$(cat "$tmp/gpu.err")"
 same_text "--fit" --device 0 --fit
+# a prompt of 103 tokens: prefill through the tiled product (mul_mm, batches of 32 or more)
+P="$(printf 'And God said, Let there be light: and there was light. %.0s' 1 2 3 4 5 6)"
+"$BIN" run -p "$P" -n 16 --temp 0 --cpu >"$tmp/cpu.txt" 2>/dev/null
+same_text "long prompt (tiled products)" --device 0 --profile
+grep -q "^mul_mm_" "$tmp/gpu.err"
+check "long prompt: the tiled product ran" $? "$(grep -v '^mul_mat' "$tmp/gpu.err")"
+P="In the beginning"
+"$BIN" run -p "$P" -n 16 --temp 0 --cpu >"$tmp/cpu.txt" 2>/dev/null
 MOERUN_VK_ATTN_CHUNK=4 same_text "split attention (MOERUN_VK_ATTN_CHUNK=4)" --device 0 --profile
 grep -q "^attn_combine " "$tmp/gpu.err"
 check "split attention: attn_combine ran" $? "$(grep -v '^mul_mat' "$tmp/gpu.err")"

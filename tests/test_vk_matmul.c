@@ -57,58 +57,40 @@ struct mm_case {
     int32_t ids[8];
     uint32_t x_zdiv, x_pad, x_zpad, y_pad, y_zpad; /* strides = dense size + pad */
     enum vk_mm_fuse fuse; /* SWIGLU_IN: input silu(x) * up; GATE_UP: silu(W x) * (W_up x) */
+    int tiled;            /* mul_mm, the tiled kernel for batches */
 };
 
+/* clang-format off */
 static const struct mm_case mm_cases[] = {
     /* decode: one token, n_out not a multiple of VK_MM_ROWS, rows longer than a workgroup's
      * threads take in one pass (2304 / 16 = 144 chunks > 64 threads) */
-    {"decode", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_PLAIN},
+    {"decode", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_PLAIN, 0},
     /* three tokens, x rows at an odd stride (unaligned: the scalar loads), y strided; float
      * types: n_in % 4 != 0 (F32/F16/BF16 one value at a time) */
-    {"tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_PLAIN},
+    {"tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_PLAIN, 0},
     /* 17 tokens (3 token tiles, the last partial), expert products: ids pick matrices out of
      * order and repeat one, x_zdiv 2 (z reads x slice z/2), x/y slices padded */
-    {"tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2, VK_MM_PLAIN},
+    {"tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2, VK_MM_PLAIN, 0},
     /* MoE decode: 8 of 8 experts, permuted, of one token (x_zdiv 8: every z reads x row 0) */
-    {"decode_moe",
-     1024,
-     1024,
-     1024,
-     33,
-     1,
-     8,
-     8,
-     1,
-     {5, 2, 7, 0, 3, 6, 1, 4},
-     8,
-     0,
-     0,
-     0,
-     0,
-     VK_MM_PLAIN},
+    {"decode_moe", 1024, 1024, 1024, 33, 1, 8, 8, 1, {5, 2, 7, 0, 3, 6, 1, 4}, 8, 0, 0, 0, 0,
+     VK_MM_PLAIN, 0},
     /* the SwiGLU fusions: a down product that forms silu(x) * up as it loads x (aligned, and
      * at odd strides: the scalar loads), and gate + up products in one (decode, 17 tokens
      * with expert ids) */
-    {"swiglu_in", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_SWIGLU_IN},
-    {"swiglu_in_tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_SWIGLU_IN},
-    {"gate_up", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_GATE_UP},
-    {"gate_up_tok17_ids",
-     515,
-     512,
-     512,
-     9,
-     17,
-     6,
-     4,
-     1,
-     {3, 1, 1, 0, 2, 3},
-     2,
-     4,
-     8,
-     1,
-     2,
-     VK_MM_GATE_UP},
+    {"swiglu_in", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_SWIGLU_IN, 0},
+    {"swiglu_in_tok3_strided", 770, 96, 768, 5, 3, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_SWIGLU_IN, 0},
+    {"gate_up", 2304, 2336, 2304, 37, 1, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_GATE_UP, 0},
+    {"gate_up_tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2,
+     VK_MM_GATE_UP, 0},
+    /* mul_mm (tiled): partial row and token tiles, a last 64-value step that is partial
+     * (2336 = 36.5 x 64, 770 floats), unaligned strides; the SwiGLU input; expert ids */
+    {"tiled_tok70", 2304, 2336, 2304, 37, 70, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_PLAIN, 1},
+    {"tiled_tok65_strided", 770, 96, 768, 70, 65, 1, 1, 0, {0}, 1, 5, 0, 3, 0, VK_MM_PLAIN, 1},
+    {"tiled_swiglu_tok70", 2304, 2336, 2304, 37, 70, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_SWIGLU_IN, 1},
+    {"tiled_tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2,
+     VK_MM_PLAIN, 1},
 };
+/* clang-format on */
 
 static double silu(double v) { return v / (1.0 + exp(-v)); }
 
@@ -172,9 +154,12 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
         snprintf(why, why_n, "%s", err_get());
         goto out;
     }
-    const uint32_t rows = gate_up ? 1 : VK_MM_ROWS;
-    vk_dispatch(c, (enum vk_kernel)vk_mul_mat_fused_kernel(type, k->fuse), &p, sizeof p,
-                (k->n_out + rows - 1) / rows, (k->n_tok + VK_MM_TOKS - 1) / VK_MM_TOKS, k->gz);
+    const uint32_t rows = k->tiled ? VK_MM_TILE_ROWS : gate_up ? 1 : VK_MM_ROWS;
+    const uint32_t toks = k->tiled ? VK_MM_TILE_TOKS : VK_MM_TOKS;
+    const int kernel =
+        k->tiled ? vk_mul_mm_kernel(type, k->fuse) : vk_mul_mat_fused_kernel(type, k->fuse);
+    vk_dispatch(c, (enum vk_kernel)kernel, &p, sizeof p, (k->n_out + rows - 1) / rows,
+                (k->n_tok + toks - 1) / toks, k->gz);
     if (vk_submit(c) || vk_download(c, &by, 0, y, ny * sizeof(float))) {
         snprintf(why, why_n, "%s", err_get());
         goto out;
