@@ -99,7 +99,7 @@ $(BUILD)/libmoerun.a: $(LIB_OBJ)
 
 # ---- shaders: compiled by glslc into SPIR-V words that vk.c embeds ----
 VK_TYPES := F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K
-VK_PLAIN := rmsnorm rope attention attn_combine add copy2d router moe_residual
+VK_PLAIN := rmsnorm rope attention attn_combine add copy2d router moe_group moe_residual
 VK_SPV := $(VK_TYPES:%=mul_mat_%) $(VK_TYPES:%=mul_mm_%) $(VK_TYPES:%=get_rows_%) $(VK_PLAIN)
 GLSL_DEPS := $(wildcard shaders/*.glsl)
 GLSLC_FLAGS := --target-env=vulkan1.2 -Ishaders -O -mfmt=c

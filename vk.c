@@ -134,6 +134,7 @@ static const struct {
     K_ROW(VK_ADD, add),
     K_ROW(VK_COPY2D, copy2d),
     K_ROW(VK_ROUTER, router),
+    K_ROW(VK_MOE_GROUP, moe_group),
     K_ROW(VK_MOE_RESIDUAL, moe_residual),
 #undef K_ROW
 };

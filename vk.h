@@ -39,6 +39,7 @@ enum vk_kernel {
     VK_ADD,
     VK_COPY2D,
     VK_ROUTER,
+    VK_MOE_GROUP,
     VK_MOE_RESIDUAL,
     VK_KERNEL_COUNT
 };

@@ -42,6 +42,7 @@ struct vk_model {
         expert_w, expert_ids, shexp_gate;
     uint64_t sh_gate, sh_up; /* the shared experts' own, as they run beside the routed ones */
     uint64_t attn_part;      /* a split attention's partial results */
+    uint64_t moe_offsets, moe_order; /* a batch's slots grouped by expert (moe_group) */
     uint32_t attn_min_chunk; /* ATTN_MIN_CHUNK, or MOERUN_VK_ATTN_CHUNK (tests: short contexts) */
     /* io (host-visible): the batch's tokens and positions in, logits out, and with cpu_moe or
      * CPU layers the rows the CPU reads and writes between submissions */
@@ -177,6 +178,8 @@ static void layout_scratch(struct model *m, struct vk_model *g, struct carver *c
     g->sh_gate = carve(c, B * sh_ff * 4, NULL);
     g->sh_up = carve(c, B * sh_ff * 4, NULL);
     g->attn_part = carve(c, (uint64_t)ATTN_GROUPS * ((uint64_t)m->ag.v_head + 2) * 4, NULL);
+    g->moe_offsets = carve(c, ((uint64_t)hp->n_expert + 1) * 4, NULL);
+    g->moe_order = carve(c, B * used * 4, NULL);
 }
 
 static void layout_io(struct model *m, struct vk_model *g, struct carver *c) {
@@ -418,8 +421,9 @@ static uint32_t groups(uint64_t n, uint32_t per) {
 /* A product's operands beyond the weight: strides and batch (z) layout, in floats. */
 struct mm_args {
     uint64_t x, y, ids;
-    uint64_t x_up; /* 0, or SwiGLU's up rows: the input is silu(x) * up */
-    uint64_t w_up; /* 0, or the up matrix's row 0 (gate's layout): y = silu(gate) * up */
+    uint64_t x_up;   /* 0, or SwiGLU's up rows: the input is silu(x) * up */
+    uint64_t w_up;   /* 0, or the up matrix's row 0 (gate's layout): y = silu(gate) * up */
+    uint64_t groups; /* 0, or moe_group's offsets (ids: its order): tiled expert products */
     uint32_t n_tok, x_stride, y_stride;
     uint32_t nz, x_zstride, y_zstride, x_zdiv;
     uint64_t w_offset; /* bytes into the weight (a row range) */
@@ -439,6 +443,7 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
         .x = a->x,
         .ids = a->ids,
         .x_up = a->x_up,
+        .groups = a->groups,
         .w_zstride = w->matrix_bytes,
         .n_in = (uint32_t)w->m.n_in,
         .n_tok = a->n_tok,
@@ -755,32 +760,46 @@ static void route(struct model *m, const struct gw *L, int n_tok) {
 }
 
 /* One product per (token, choice) slot on the matrix of its chosen expert: slot s reads x row
- * s / x_zdiv (x_zstride floats apart) and writes n_out floats at y + s * n_out. */
-static struct mm_args expert_args(struct vk_model *g, uint64_t x, uint32_t x_zstride,
-                                  uint32_t x_zdiv, uint64_t y, uint32_t n_out, uint32_t slots) {
-    return (struct mm_args){.x = x,
-                            .y = y,
-                            .ids = g->expert_ids,
-                            .n_tok = 1,
-                            .nz = slots,
-                            .x_zstride = x_zstride,
-                            .y_zstride = n_out,
-                            .x_zdiv = x_zdiv,
-                            .n_out = n_out};
+ * s / x_zdiv (x_zstride floats apart) and writes n_out floats at y + s * n_out. A batch of
+ * MM_TILED_MIN_TOKS tokens or more goes by expert (moe_group's lists), tiled over each
+ * expert's slots; fewer tokens, one product per slot. */
+static struct mm_args expert_args(const struct model *m, uint64_t x, uint32_t x_zstride,
+                                  uint32_t x_zdiv, uint64_t y, uint32_t n_out, int n_tok) {
+    const struct vk_model *g = m->gpu;
+    struct mm_args a = {.x = x,
+                        .y = y,
+                        .ids = g->expert_ids,
+                        .n_tok = 1,
+                        .nz = (uint32_t)n_tok * m->hp.n_expert_used,
+                        .x_zstride = x_zstride,
+                        .y_zstride = n_out,
+                        .x_zdiv = x_zdiv,
+                        .n_out = n_out};
+    if (n_tok >= MM_TILED_MIN_TOKS) {
+        a.ids = g->moe_order, a.groups = g->moe_offsets;
+        a.n_tok = (uint32_t)n_tok, a.nz = m->hp.n_expert;
+    }
+    return a;
 }
 
 /* The chosen experts' outputs into moe_out, one row per (token, choice) slot. */
 static void routed_experts(struct model *m, const struct gw *L, int n_tok) {
     struct vk_model *g = m->gpu;
     const struct hparams *hp = &m->hp;
-    uint32_t k = hp->n_expert_used, slots = (uint32_t)n_tok * k, E = hp->n_embd, F = hp->n_ff_exp;
+    uint32_t k = hp->n_expert_used, E = hp->n_embd, F = hp->n_ff_exp;
+    if (n_tok >= MM_TILED_MIN_TOKS) {
+        struct vk_moe_group_push p = {g->expert_ids, g->moe_offsets, g->moe_order,
+                                      (uint32_t)n_tok * k, hp->n_expert};
+        vk_dispatch(g->vk, VK_MOE_GROUP, &p, sizeof p, 1, 1, 1);
+        BARRIER();
+    }
     int fused = L[W_FFN_GATE_UP_EXPS].addr != 0;
     const struct gw *gate = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_GATE_EXPS];
     const struct gw *up = fused ? &L[W_FFN_GATE_UP_EXPS] : &L[W_FFN_UP_EXPS];
     uint64_t x_up =
-        gate_up(g, gate, up, fused ? F : 0, expert_args(g, g->xb, E, k, g->gate, F, slots), g->up);
+        gate_up(g, gate, up, fused ? F : 0, expert_args(m, g->xb, E, k, g->gate, F, n_tok), g->up);
     BARRIER();
-    struct mm_args down = expert_args(g, g->gate, F, 1, g->moe_out, E, slots);
+    struct mm_args down = expert_args(m, g->gate, F, 1, g->moe_out, E, n_tok);
     down.x_up = x_up;
     mul_mat(g, &L[W_FFN_DOWN_EXPS], &down);
 }

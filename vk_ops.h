@@ -14,12 +14,16 @@
  * (a gate and an up row per workgroup): (n_out, ...). */
 enum { VK_MM_ROWS = 2, VK_MM_TOKS = 8 };
 /* mul_mm_<type>: the same product, tiled for batches: grid (ceil(n_out / VK_MM_TILE_ROWS),
- * ceil(n_tok / VK_MM_TILE_TOKS), number of z); mul_mm_swiglu as mul_mat_swiglu (x_up). */
+ * ceil(n_tok / VK_MM_TILE_TOKS), number of z); mul_mm_swiglu as mul_mat_swiglu (x_up). With
+ * groups (moe_group's offsets; ids its order): z is an expert and its tokens are its slots
+ * order[groups[z] .. groups[z + 1]); slot s reads x row s / x_zdiv (x_zstride floats apart)
+ * and writes y row s (y_zstride apart); n_tok bounds any expert's slots (the grid). */
 enum { VK_MM_TILE_ROWS = 32, VK_MM_TILE_TOKS = 64 };
 struct vk_mul_mat_push {
     uint64_t w, x, y, ids; /* ids: int32 per z, or 0 */
-    uint64_t x_up; /* mul_mat_swiglu: SwiGLU's up rows (x's layout); the input is silu(x) * up */
-    uint64_t w_up; /* mul_mat_gate_up: the up matrices (W's layout); y = silu(W x) * (W_up x) */
+    uint64_t x_up;   /* mul_mat_swiglu: SwiGLU's up rows (x's layout); the input is silu(x) * up */
+    uint64_t w_up;   /* mul_mat_gate_up: the up matrices (W's layout); y = silu(W x) * (W_up x) */
+    uint64_t groups; /* mul_mm only, after moe_group: z = expert z over its slots (below) */
     uint64_t w_zstride; /* bytes */
     uint32_t n_in, n_out, n_tok, row_bytes;
     uint32_t x_stride, y_stride, x_zstride, y_zstride;
@@ -97,6 +101,14 @@ struct vk_router_push {
     uint32_t n_group, n_group_used, norm_weights, pad_;
     float weights_scale;
     uint32_t pad2_;
+};
+
+/* moe_group: the n_slots expert ids grouped by expert for mul_mm: offsets (n_expert + 1
+ * ints) and order (n_slots ints: expert e's slots at order[offsets[e] .. offsets[e + 1]), in
+ * no particular order). n_expert <= 512. Grid: (1, 1, 1). */
+struct vk_moe_group_push {
+    uint64_t ids, offsets, order;
+    uint32_t n_slots, n_expert;
 };
 
 /* moe_residual: per token t (x, y rows E floats apart): x_t += (sum over c < k, in order, of

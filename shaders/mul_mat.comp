@@ -30,7 +30,7 @@
 layout(local_size_x = MM_WG, local_size_y = 1, local_size_z = 1) in;
 
 layout(push_constant, std430) uniform Push {
-    uint64_t w, x, y, ids, x_up, w_up;
+    uint64_t w, x, y, ids, x_up, w_up, groups;
     uint64_t w_zstride;
     uint n_in, n_out, n_tok, row_bytes;
     uint x_stride, y_stride, x_zstride, y_zstride;

@@ -6,6 +6,9 @@
 // stages the same 64 values of each token's x beside them; every thread then accumulates 2
 // rows x 4 tokens. Weights are read and decoded once per 64 tokens (mul_mat: once per 8).
 // The mul_mm_swiglu pipelines (MODE 1) stage silu(x) * up instead of x.
+// Expert products of a batch (groups != 0, after moe_group): workgroup z takes expert z's
+// slots, order[groups[z] .. groups[z + 1]) at ids, as its tokens: slot s reads x row
+// s / x_zdiv (x_zstride apart) and writes y row s (y_zstride apart).
 #include "common.glsl"
 #include "dequant.glsl"
 
@@ -18,7 +21,7 @@
 layout(local_size_x = NT, local_size_y = 1, local_size_z = 1) in;
 
 layout(push_constant, std430) uniform Push {
-    uint64_t w, x, y, ids, x_up, w_up;
+    uint64_t w, x, y, ids, x_up, w_up, groups;
     uint64_t w_zstride;
     uint n_in, n_out, n_tok, row_bytes;
     uint x_stride, y_stride, x_zstride, y_zstride;
@@ -43,10 +46,20 @@ uint kpos(uint j, uint e) {
 #endif
 }
 
+uint slot(uint i) { return uint(Ints(pc.ids).v[i]); }
+uint64_t x_of_slot(uint s) { return pc.x + 4ul * uint64_t(s / pc.x_zdiv) * pc.x_zstride; }
+
 void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint o0 = gl_WorkGroupID.x * MM_BM, t0 = gl_WorkGroupID.y * MM_BN, z = gl_WorkGroupID.z;
-    const uint m = pc.ids != 0ul ? uint(Ints(pc.ids).v[z]) : z;
+    const bool grouped = pc.groups != 0ul;
+    uint first = 0u, n_tok = pc.n_tok; // grouped: this expert's slots order[first, first + n_tok)
+    if (grouped) {
+        first = uint(Ints(pc.groups).v[z]);
+        n_tok = uint(Ints(pc.groups).v[z + 1u]) - first;
+        if (t0 >= n_tok) return; // the whole workgroup: uniform
+    }
+    const uint m = grouped ? z : pc.ids != 0ul ? uint(Ints(pc.ids).v[z]) : z;
     const uint64_t wm = pc.w + uint64_t(m) * pc.w_zstride;
     const uint64_t xb = pc.x + 4ul * uint64_t(z / pc.x_zdiv) * pc.x_zstride;
 #if DQ_FLOAT
@@ -86,8 +99,9 @@ void main() {
         for (uint i = tid; i < MM_BN * KS; i += NT) {
             const uint t = i / KS, e = i % KS, k = kpos(j, e);
             float xv = 0.0;
-            if (t0 + t < pc.n_tok && k < pc.n_in) {
-                const uint64_t a = xb + 4ul * (uint64_t(t0 + t) * pc.x_stride + k);
+            if (t0 + t < n_tok && k < pc.n_in) {
+                const uint64_t a = (grouped ? x_of_slot(slot(first + t0 + t)) : xb +
+                                   4ul * uint64_t(t0 + t) * pc.x_stride) + 4ul * k;
                 xv = Floats(a).v[0];
                 if (MODE == 1u) xv = xv / (1.0 + exp(-xv)) * Floats(a - pc.x + pc.x_up).v[0];
             }
@@ -114,8 +128,10 @@ void main() {
         const uint o = o0 + tr + 16u * r;
         for (uint t = 0; t < 4u; ++t) {
             const uint tok = t0 + tt + 16u * t;
-            if (o < pc.n_out && tok < pc.n_tok) {
-                const uint64_t yi = uint64_t(z) * pc.y_zstride + uint64_t(tok) * pc.y_stride + o;
+            if (o < pc.n_out && tok < n_tok) {
+                const uint64_t yi =
+                    grouped ? uint64_t(slot(first + tok)) * pc.y_zstride + o
+                            : uint64_t(z) * pc.y_zstride + uint64_t(tok) * pc.y_stride + o;
                 Floats(pc.y + 4ul * yi).v[0] = acc[r][t];
             }
         }

@@ -57,7 +57,8 @@ struct mm_case {
     int32_t ids[8];
     uint32_t x_zdiv, x_pad, x_zpad, y_pad, y_zpad; /* strides = dense size + pad */
     enum vk_mm_fuse fuse; /* SWIGLU_IN: input silu(x) * up; GATE_UP: silu(W x) * (W_up x) */
-    int tiled;            /* mul_mm, the tiled kernel for batches */
+    int tiled;            /* mul_mm, the tiled kernel for batches; 2: its expert groups (the
+                           * slots of experts 0 and 2 of 3 made by moe_group, not ids[]) */
 };
 
 /* clang-format off */
@@ -89,6 +90,10 @@ static const struct mm_case mm_cases[] = {
     {"tiled_swiglu_tok70", 2304, 2336, 2304, 37, 70, 1, 1, 0, {0}, 1, 0, 0, 0, 0, VK_MM_SWIGLU_IN, 1},
     {"tiled_tok17_ids", 515, 512, 512, 9, 17, 6, 4, 1, {3, 1, 1, 0, 2, 3}, 2, 4, 8, 1, 2,
      VK_MM_PLAIN, 1},
+    /* a batch's expert products by expert: 150 slots of 50 tokens (3 choices each), 86 and 64
+     * slots (two token tiles, one full) for experts 0 and 2, none for 1; SwiGLU input too */
+    {"grouped", 2304, 2336, 2304, 37, 1, 150, 3, 1, {0}, 3, 0, 4, 0, 3, VK_MM_PLAIN, 2},
+    {"grouped_swiglu", 770, 96, 768, 70, 1, 150, 3, 1, {0}, 3, 0, 4, 0, 3, VK_MM_SWIGLU_IN, 2},
 };
 /* clang-format on */
 
@@ -112,6 +117,10 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     const size_t nx = (size_t)n_xz * x_zstride, ny = (size_t)k->gz * y_zstride;
 
     const int gate_up = k->fuse == VK_MM_GATE_UP, swiglu_in = k->fuse == VK_MM_SWIGLU_IN;
+    const int grouped = k->tiled == 2;
+    int32_t *ids = xmalloc(k->gz * sizeof *ids); /* grouped: slot s of expert 0 or 2 */
+    for (uint32_t s = 0; s < k->gz; ++s)
+        ids[s] = grouped ? ((s * 5) % 7 < 4 ? 0 : 2) : k->ids[s % 8];
     float *deq = xmalloc(w_rows * (size_t)n_in * sizeof(float));
     uint8_t *wq = random_matrix(tr, (int64_t)w_rows, n_in, row_bytes, deq);
     /* the up matrices (gate_up) or the up rows (swiglu_in); a dummy otherwise */
@@ -125,12 +134,15 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     for (size_t i = 0; i < ny; ++i) y[i] = SENTINEL;
 
     double err = INFINITY;
-    struct vk_buf bw = {0}, bx = {0}, by = {0}, bi = {0}, bwu = {0}, bxu = {0};
+    struct vk_buf bw = {0}, bx = {0}, by = {0}, bi = {0}, bwu = {0}, bxu = {0}, boff = {0},
+                  bord = {0};
     if (upload_new(c, &bw, wq, w_rows * row_bytes) || upload_new(c, &bx, x, nx * sizeof(float)) ||
         upload_new(c, &by, y, ny * sizeof(float)) ||
         upload_new(c, &bxu, x_up, nx * sizeof(float)) ||
         upload_new(c, &bwu, wq_up, gate_up ? w_rows * row_bytes : 1) ||
-        (has_ids && upload_new(c, &bi, k->ids, k->gz * sizeof(int32_t)))) {
+        (has_ids && upload_new(c, &bi, ids, k->gz * sizeof(int32_t))) ||
+        vk_alloc(c, (k->n_mats + 1) * sizeof(int32_t), VK_MEM_DEVICE, &boff) ||
+        vk_alloc(c, k->gz * sizeof(int32_t), VK_MEM_DEVICE, &bord)) {
         snprintf(why, why_n, "%s", err_get());
         goto out;
     }
@@ -158,8 +170,14 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     const uint32_t toks = k->tiled ? VK_MM_TILE_TOKS : VK_MM_TOKS;
     const int kernel =
         k->tiled ? vk_mul_mm_kernel(type, k->fuse) : vk_mul_mat_fused_kernel(type, k->fuse);
+    if (grouped) { /* moe_group's lists, then z = expert over its slots */
+        struct vk_moe_group_push gp = {bi.addr, boff.addr, bord.addr, k->gz, k->n_mats};
+        vk_dispatch(c, VK_MOE_GROUP, &gp, sizeof gp, 1, 1, 1);
+        vk_barrier(c);
+        p.ids = bord.addr, p.groups = boff.addr, p.n_tok = k->gz;
+    }
     vk_dispatch(c, (enum vk_kernel)kernel, &p, sizeof p, (k->n_out + rows - 1) / rows,
-                (k->n_tok + toks - 1) / toks, k->gz);
+                (p.n_tok + toks - 1) / toks, grouped ? k->n_mats : k->gz);
     if (vk_submit(c) || vk_download(c, &by, 0, y, ny * sizeof(float))) {
         snprintf(why, why_n, "%s", err_get());
         goto out;
@@ -169,7 +187,7 @@ static double mm_run(struct vk_ctx *c, uint32_t type, const struct mm_case *k, c
     double max_ref = 0, max_diff = 0;
     char *written = xcalloc(ny, 1);
     for (uint32_t z = 0; z < k->gz; ++z) {
-        const uint32_t m = has_ids ? (uint32_t)k->ids[z] : z;
+        const uint32_t m = has_ids ? (uint32_t)ids[z] : z;
         for (uint32_t t = 0; t < k->n_tok; ++t) {
             const size_t xo = (size_t)(z / k->x_zdiv) * x_zstride + (size_t)t * x_stride;
             const float *xr = x + xo, *ur = x_up + xo;
@@ -208,6 +226,9 @@ out:
     vk_free(c, &bwu);
     vk_free(c, &bxu);
     if (has_ids) vk_free(c, &bi);
+    vk_free(c, &boff);
+    vk_free(c, &bord);
+    free(ids);
     free(deq);
     free(wq);
     free(deq_up);
