@@ -50,14 +50,43 @@ static int open_model(struct model *m, const char *path, const struct placement 
     return 0;
 }
 
-static float *logits_of(const char *gguf, const struct placement *pl, enum path path,
-                        int *n_vocab) {
+static float *logits_of_ids(const char *gguf, const struct placement *pl, const int32_t *ids, int n,
+                            enum path path, int *n_vocab) {
     struct model m;
     if (open_model(&m, gguf, pl) < 0) return NULL;
     *n_vocab = (int)m.hp.n_vocab;
-    float *l = run_model(&m, compat_tokens, N_COMPAT, path);
+    float *l = run_model(&m, ids, n, path);
     model_free(&m);
     return l;
+}
+
+static float *logits_of(const char *gguf, const struct placement *pl, enum path path,
+                        int *n_vocab) {
+    return logits_of_ids(gguf, pl, compat_tokens, N_COMPAT, path, n_vocab);
+}
+
+/* A batch long enough for the tiled products (mul_mm, the routed experts by expert: 32
+ * tokens or more) against decode, which multiplies one token at a time: the fixture's tokens
+ * three times over. */
+static void check_long_batch(const char *gguf, const char *family) {
+    enum { N = 3 * N_COMPAT };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = compat_tokens[i % N_COMPAT];
+    struct placement all = {"", -1, 0, NULL};
+    int nv = 0;
+    float *batch = logits_of_ids(gguf, &all, ids, N, PATH_BATCH, &nv);
+    float *dec = logits_of_ids(gguf, &all, ids, N, PATH_DECODE, &nv);
+    char name[160];
+    snprintf(name, sizeof name, "vk %s-Q4_K_M batch of %d (tiled products) vs decode", family, N);
+    if (!batch || !dec) {
+        test_report(name, 0, "%s", err_get());
+    } else {
+        struct diff d = compare(batch, dec, N, nv, 2e-4f);
+        test_report(name, d.max_abs <= 1e-4f && !d.argmax_mismatch,
+                    "max |diff| %.3g (tol 1e-04), argmax differs at %d of %d clear positions",
+                    (double)d.max_abs, d.argmax_mismatch, d.clear);
+    }
+    free(batch), free(dec);
 }
 
 static void report(const char *name, const float *got, const float *want, int n_vocab, float tol) {
@@ -119,6 +148,7 @@ static void check_placements(const char *dir, const char *family) {
         test_skip(family, "placements: built without OpenBLAS (the CPU parts' f32 path)");
         return;
     }
+    check_long_batch(gguf, family);
     int nv = 0;
     float *ref = logits_of(gguf, &all, PATH_BATCH, &nv);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
