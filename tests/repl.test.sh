@@ -228,15 +228,17 @@ tm send-keys -t "$sess" Enter
 # tokens, seconds even on a fast machine. Ctrl-C goes as soon as its first words show, not
 # after a fixed sleep that a fast machine outruns. Up to 30 s: under ASan on a loaded VM the
 # first words once took more than 10 s, and Ctrl-C then landed before the reply began.
+# Any line of the reply counts (it may begin with blank lines).
 for ((i = 0; i < 600; i++)); do
-    reply_after 'Tell me everything' | grep -q '[a-zA-Z]' && break
+    screen | grep -A40 -xF '>>> Tell me everything' | tail -n +2 | grep -q '[a-zA-Z]' && break
     sleep 0.05
 done
 tm send-keys -t "$sess" C-c
 wait_prompts $((n + 1)) 40
 r1=$?
 screen | grep -q '^\[stopped\]'
-check "Ctrl-C stops a reply and returns to the prompt" $((r1 | $?)) "screen: $(last 4)"
+check "Ctrl-C stops a reply and returns to the prompt" $((r1 | $?)) \
+    "screen: $(last 4) [after ${i} polls; $(screen | wc -l) lines; session $(alive && echo alive || echo gone); exit status $(cat "$tmp/exit" 2>/dev/null || echo none)]"
 say "/show"
 screen | grep -q '^conversation: 2 messages'
 check "the stopped reply stays in the conversation" $? "screen: $(last 8)"
