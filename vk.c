@@ -22,21 +22,22 @@ int vk_mul_mat_kernel(uint32_t qtype) {
     }
 }
 
-int vk_get_rows_kernel(uint32_t qtype) {
+/* The kernel for qtype in the run of per-type kernels that starts at first (-1: none). */
+static int kernel_in_run(uint32_t qtype, int first) {
     int k = vk_mul_mat_kernel(qtype);
-    return k < 0 ? -1 : k - VK_MUL_MAT_F32 + VK_GET_ROWS_F32;
+    return k < 0 || first < 0 ? -1 : k - VK_MUL_MAT_F32 + first;
 }
 
 int vk_mul_mm_kernel(uint32_t qtype, enum vk_mm_fuse fuse) {
-    int k = vk_mul_mat_kernel(qtype);
-    if (k < 0 || fuse == VK_MM_GATE_UP) return -1;
-    return VK_MUL_MM_F32 + 2 * (k - VK_MUL_MAT_F32) + (fuse == VK_MM_SWIGLU_IN);
+    static const int first[] = {VK_MUL_MM_F32, VK_MUL_MM_SWIGLU_F32, -1};
+    return kernel_in_run(qtype, first[fuse]);
 }
+
+int vk_get_rows_kernel(uint32_t qtype) { return kernel_in_run(qtype, VK_GET_ROWS_F32); }
 
 int vk_mul_mat_fused_kernel(uint32_t qtype, enum vk_mm_fuse fuse) {
     static const int first[] = {VK_MUL_MAT_F32, VK_MUL_MAT_SWIGLU_F32, VK_MUL_MAT_GATE_UP_F32};
-    int k = vk_mul_mat_kernel(qtype);
-    return k < 0 ? -1 : k - VK_MUL_MAT_F32 + first[fuse];
+    return kernel_in_run(qtype, first[fuse]);
 }
 
 int vk_built(void) {
@@ -88,9 +89,6 @@ void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t 
 }
 void vk_barrier(struct vk_ctx *c) { (void)c; }
 int vk_submit(struct vk_ctx *c) { return (void)c, not_built(); }
-struct vk_recorded vk_last_recorded(const struct vk_ctx *c) {
-    return (void)c, (struct vk_recorded){0, 0};
-}
 void vk_profile_enable(struct vk_ctx *c, int on) { (void)c, (void)on; }
 void vk_profile_report(struct vk_ctx *c, FILE *out) { (void)c, (void)out; }
 
@@ -117,17 +115,19 @@ static const struct {
 #undef MM_SWIGLU
 #undef MM_PLAIN
 #undef MM_ROW
-#define MMT_ROW(t)                                                                                 \
-    [VK_MUL_MM_##t] = {"mul_mm_" #t, spv_mul_mm_##t, sizeof spv_mul_mm_##t, 0},                     \
-    [VK_MUL_MM_SWIGLU_##t] = {"mul_mm_swiglu_" #t, spv_mul_mm_##t, sizeof spv_mul_mm_##t, 1},
-        VK_QTYPE_LIST(MMT_ROW)
+#define MMT_ROW(t, e, name, spec) [e##t] = {name #t, spv_mul_mm_##t, sizeof spv_mul_mm_##t, spec},
+#define MMT_PLAIN(t) MMT_ROW(t, VK_MUL_MM_, "mul_mm_", 0)
+#define MMT_SWIGLU(t) MMT_ROW(t, VK_MUL_MM_SWIGLU_, "mul_mm_swiglu_", 1)
+        VK_QTYPE_LIST(MMT_PLAIN) VK_QTYPE_LIST(MMT_SWIGLU)
+#undef MMT_SWIGLU
+#undef MMT_PLAIN
 #undef MMT_ROW
 #define GR_ROW(t)                                                                                  \
     [VK_GET_ROWS_##t] = {"get_rows_" #t, spv_get_rows_##t, sizeof spv_get_rows_##t, 0},
-        VK_QTYPE_LIST(GR_ROW)
+            VK_QTYPE_LIST(GR_ROW)
 #undef GR_ROW
 #define K_ROW(e, n) [e] = {#n, spv_##n, sizeof spv_##n, 0}
-            K_ROW(VK_RMSNORM, rmsnorm),
+                K_ROW(VK_RMSNORM, rmsnorm),
     K_ROW(VK_ROPE, rope),
     K_ROW(VK_ATTENTION, attention),
     K_ROW(VK_ATTN_COMBINE, attn_combine),
@@ -219,8 +219,12 @@ struct vk_ctx {
     struct vk_buf staging;
     VkResult failed; /* first recording error, reported by vk_submit */
     const char *failed_call;
-    struct vk_recorded recording, last; /* this command buffer's, the last submitted one's */
-    int dispatched;                     /* a dispatch since the last barrier */
+    /* dispatches and barriers recorded: this command buffer's, the last submitted one's
+     * (--profile prints the latter; decode on a GPU pays for each in latency) */
+    struct {
+        uint32_t dispatches, barriers;
+    } recording, last;
+    int dispatched; /* a dispatch since the last barrier */
     /* --profile */
     int profile;
     VkQueryPool queries;
@@ -244,11 +248,12 @@ static const char *result_name(VkResult r) {
         R(VK_INCOMPLETE)
         R(VK_ERROR_OUT_OF_HOST_MEMORY)
         R(VK_ERROR_OUT_OF_DEVICE_MEMORY)
-        R(VK_ERROR_INITIALIZATION_FAILED) R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED)
-            R(VK_ERROR_LAYER_NOT_PRESENT) R(VK_ERROR_EXTENSION_NOT_PRESENT)
-                R(VK_ERROR_FEATURE_NOT_PRESENT) R(VK_ERROR_INCOMPATIBLE_DRIVER)
-                    R(VK_ERROR_TOO_MANY_OBJECTS) R(VK_ERROR_FORMAT_NOT_SUPPORTED)
-                        R(VK_ERROR_INVALID_SHADER_NV) R(VK_ERROR_UNKNOWN)
+        R(VK_ERROR_INITIALIZATION_FAILED)
+        R(VK_ERROR_DEVICE_LOST) R(VK_ERROR_MEMORY_MAP_FAILED) R(VK_ERROR_LAYER_NOT_PRESENT)
+            R(VK_ERROR_EXTENSION_NOT_PRESENT) R(VK_ERROR_FEATURE_NOT_PRESENT)
+                R(VK_ERROR_INCOMPATIBLE_DRIVER) R(VK_ERROR_TOO_MANY_OBJECTS)
+                    R(VK_ERROR_FORMAT_NOT_SUPPORTED) R(VK_ERROR_INVALID_SHADER_NV)
+                        R(VK_ERROR_UNKNOWN)
 #undef R
                             default : return "VkResult";
     }
@@ -725,7 +730,7 @@ int vk_begin(struct vk_ctx *c) {
     c->bound = VK_NULL_HANDLE;
     c->failed = VK_SUCCESS;
     c->n_queries = 0;
-    c->recording = (struct vk_recorded){0, 0};
+    c->recording.dispatches = c->recording.barriers = 0;
     c->dispatched = 0;
     VK_TRY("vkResetCommandBuffer", vkResetCommandBuffer(c->cmd, 0));
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
@@ -876,10 +881,6 @@ int vk_download(struct vk_ctx *c, const struct vk_buf *src, size_t off, void *ds
 }
 
 void vk_profile_enable(struct vk_ctx *c, int on) { c->profile = on; }
-
-struct vk_recorded vk_last_recorded(const struct vk_ctx *c) {
-    return c->last;
-}
 
 void vk_profile_report(struct vk_ctx *c, FILE *out) {
     double total = 0;

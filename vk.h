@@ -29,10 +29,13 @@ enum vk_kernel {
 #define VK_MMG_ENUM(t) VK_MUL_MAT_GATE_UP_##t,
                 VK_QTYPE_LIST(VK_MMG_ENUM)
 #undef VK_MMG_ENUM
-#define VK_MMT_ENUM(t) VK_MUL_MM_##t, VK_MUL_MM_SWIGLU_##t,
+#define VK_MMT_ENUM(t) VK_MUL_MM_##t,
                     VK_QTYPE_LIST(VK_MMT_ENUM)
 #undef VK_MMT_ENUM
-                    VK_RMSNORM,
+#define VK_MMTS_ENUM(t) VK_MUL_MM_SWIGLU_##t,
+                        VK_QTYPE_LIST(VK_MMTS_ENUM)
+#undef VK_MMTS_ENUM
+                            VK_RMSNORM,
     VK_ROPE,
     VK_ATTENTION,
     VK_ATTN_COMBINE,
@@ -95,13 +98,6 @@ void vk_dispatch(struct vk_ctx *c, enum vk_kernel k, const void *push, uint32_t 
  * no dispatch came since the last barrier). */
 void vk_barrier(struct vk_ctx *c);
 int vk_submit(struct vk_ctx *c);
-
-/* What the last submission recorded: dispatches and barriers (decode cost on a GPU is mostly
- * their latency, so the forward pass is kept to few of each). */
-struct vk_recorded {
-    uint32_t dispatches, barriers;
-};
-struct vk_recorded vk_last_recorded(const struct vk_ctx *c);
 
 /* --profile: per-kernel GPU time from timestamp queries around every dispatch. */
 void vk_profile_enable(struct vk_ctx *c, int on);

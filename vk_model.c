@@ -433,8 +433,10 @@ struct mm_args {
 enum { MAX_GROUPS = 65535 }; /* the smallest maxComputeWorkGroupCount Vulkan allows */
 
 /* Batches of at least this many tokens use the tiled product (mul_mm: weights read once per
- * 64 tokens; mul_mat: once per 8, but no idle threads on a few tokens). */
+ * 64 tokens; mul_mat: once per 8, but no idle threads on a few tokens), and their routed
+ * experts go by expert. */
 enum { MM_TILED_MIN_TOKS = 32 };
+static int tiled_batch(uint32_t n_tok) { return n_tok >= MM_TILED_MIN_TOKS; }
 
 /* Outputs past MAX_GROUPS workgroups of rows (large vocabularies) go in further dispatches. */
 static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args *a) {
@@ -455,7 +457,7 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
         .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
     };
     enum vk_mm_fuse fuse = a->w_up ? VK_MM_GATE_UP : a->x_up ? VK_MM_SWIGLU_IN : VK_MM_PLAIN;
-    int tiled = a->n_tok >= MM_TILED_MIN_TOKS && fuse != VK_MM_GATE_UP;
+    int tiled = tiled_batch(a->n_tok) && fuse != VK_MM_GATE_UP;
     uint32_t rows = tiled ? VK_MM_TILE_ROWS : fuse == VK_MM_GATE_UP ? 1 : VK_MM_ROWS;
     uint32_t toks = tiled ? VK_MM_TILE_TOKS : VK_MM_TOKS, chunk = MAX_GROUPS * rows;
     int kernel =
@@ -717,7 +719,7 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
  * rows' first row in up (a fused gate_up tensor). */
 static uint64_t gate_up(struct vk_model *g, const struct gw *gate, const struct gw *up,
                         uint64_t up_row0, struct mm_args a, uint64_t up_y) {
-    if (a.n_tok < MM_TILED_MIN_TOKS && gate->m.type == up->m.type &&
+    if (!tiled_batch(a.n_tok) && gate->m.type == up->m.type &&
         gate->m.row_bytes == up->m.row_bytes && gate->matrix_bytes == up->matrix_bytes) {
         a.w_up = up->addr + up_row0 * up->m.row_bytes;
         mul_mat(g, gate, &a);
@@ -775,7 +777,7 @@ static struct mm_args expert_args(const struct model *m, uint64_t x, uint32_t x_
                         .y_zstride = n_out,
                         .x_zdiv = x_zdiv,
                         .n_out = n_out};
-    if (n_tok >= MM_TILED_MIN_TOKS) {
+    if (tiled_batch((uint32_t)n_tok)) {
         a.ids = g->moe_order, a.groups = g->moe_offsets;
         a.n_tok = (uint32_t)n_tok, a.nz = m->hp.n_expert;
     }
@@ -787,7 +789,7 @@ static void routed_experts(struct model *m, const struct gw *L, int n_tok) {
     struct vk_model *g = m->gpu;
     const struct hparams *hp = &m->hp;
     uint32_t k = hp->n_expert_used, E = hp->n_embd, F = hp->n_ff_exp;
-    if (n_tok >= MM_TILED_MIN_TOKS) {
+    if (tiled_batch((uint32_t)n_tok)) {
         struct vk_moe_group_push p = {g->expert_ids, g->moe_offsets, g->moe_order,
                                       (uint32_t)n_tok * k, hp->n_expert};
         vk_dispatch(g->vk, VK_MOE_GROUP, &p, sizeof p, 1, 1, 1);

@@ -2,7 +2,8 @@
 #include "common.glsl"
 // The split attention's partial results (attention.comp with chunk != 0) combined: per
 // (head, token) workgroup, the splits' weighted sums rescaled to the largest running maximum
-// and divided by the rescaled sum of weights. A split that saw no key (maximum -inf) counts 0.
+// and divided by the rescaled sum of weights. A split that saw no key (maximum -inf) counts 0:
+// exp(-inf - M) is 0.
 layout(local_size_x = 256) in;
 layout(push_constant, std430) uniform Push {
     uint64_t part, dst;
@@ -21,7 +22,7 @@ void main() {
         float l = 0.0;
         for (uint s = 0u; s < pc.n_split; s++) {
             const float ms = pp.v[s * rec];
-            sh_w[s] = ms == uintBitsToFloat(0xff800000u) ? 0.0 : exp(ms - mx);
+            sh_w[s] = exp(ms - mx);
             l += sh_w[s] * pp.v[s * rec + 1u];
         }
         for (uint s = 0u; s < pc.n_split; s++) sh_w[s] /= l;

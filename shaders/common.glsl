@@ -13,3 +13,6 @@ layout(buffer_reference, std430, buffer_reference_align = 4) buffer Ints { int v
 layout(buffer_reference, std430, buffer_reference_align = 4) buffer Words { uint v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer Halves { uint16_t v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 1) buffer Bytes { uint8_t v[]; };
+
+// silu(gate) * up as cpu_swiglu forms it (floats or vectors)
+#define SWIGLU(g, u) ((g) / (1.0 + exp(-(g))) * (u))

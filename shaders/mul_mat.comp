@@ -51,9 +51,6 @@ vec4 ldx4_raw(uint64_t a, bool v4) {
     return vec4(f.v[0], f.v[1], f.v[2], f.v[3]);
 }
 
-// silu(gate) * up as cpu_swiglu forms it (floats or vec4s)
-#define SWIGLU(g, u) ((g) / (1.0 + exp(-(g))) * (u))
-
 // 0: plain, 1: SwiGLU of the input (x_up), 2: SwiGLU of the gate and up products (w_up). A
 // specialization constant, not a test of the addresses: lavapipe evaluated the SwiGLU of a
 // run-time branch in every product (decode 40% slower there).

@@ -103,7 +103,7 @@ void main() {
                 const uint64_t a = (grouped ? x_of_slot(slot(first + t0 + t)) : xb +
                                    4ul * uint64_t(t0 + t) * pc.x_stride) + 4ul * k;
                 xv = Floats(a).v[0];
-                if (MODE == 1u) xv = xv / (1.0 + exp(-xv)) * Floats(a - pc.x + pc.x_up).v[0];
+                if (MODE == 1u) xv = SWIGLU(xv, Floats(a - pc.x + pc.x_up).v[0]);
             }
             xs[t][e] = xv;
         }
