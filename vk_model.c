@@ -9,6 +9,7 @@
 #include "vk.h"
 #include "vk_ops.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,15 @@ enum { ARENA_BYTES = 1 << 30 };
  * for one more dispatch and barrier (attn_combine). */
 enum { ATTN_GROUPS = 256, ATTN_MIN_CHUNK = 256 };
 
-/* A weight as the kernels see it: its device address and its cpu_matrix shape. */
+/* A weight as the kernels see it: its device address and its cpu_matrix shape. A routed
+ * expert tensor larger than the device's largest buffer is held in parts of part_experts
+ * whole experts (n_parts > 1): part 0 at addr, part i at part_addr[i - 1]. */
 struct gw {
     uint64_t addr; /* 0: absent, or left on the CPU */
     struct cpu_matrix m;
     uint64_t matrix_bytes; /* between the matrices of a 3-D tensor */
+    uint64_t *part_addr;   /* (n_parts - 1) */
+    uint32_t n_parts, part_experts;
 };
 
 struct vk_model {
@@ -35,6 +40,8 @@ struct vk_model {
     struct gw w[W_SLOT_COUNT];
     struct gw (*lw)[W_SLOT_COUNT]; /* (n_gpu_layers) */
     struct gw *k_b_derived;        /* (n_gpu_layers) legacy deepseek2 files */
+    uint64_t *part_addrs;          /* every split tensor's part_addr */
+    uint64_t max_buffer;           /* the device's largest buffer, or MOERUN_VK_MAX_BUFFER */
     int n_gpu_layers, cpu_moe, profile, shared;
     struct vk_buf cache, scratch, io;
     /* scratch (device) */
@@ -63,7 +70,7 @@ static int is_routed_expert(int slot) {
 
 struct placement {
     const struct weight *src;
-    struct gw *dst;
+    uint64_t *addr;   /* where its device address goes */
     const void *data; /* host bytes (the map, or derived f32) */
     uint64_t bytes;
     int alias; /* >= 0: the same tensor as that placement (tied embeddings): not uploaded again */
@@ -92,42 +99,85 @@ static int upload_all(struct vk_model *g, struct placement *pl, int n) {
         g->n_arenas++;
         for (uint64_t off = 0; first < i; first++) {
             if (vk_upload(g->vk, a, off, pl[first].data, pl[first].bytes)) return -1;
-            pl[first].dst->addr = a->addr + off;
+            *pl[first].addr = a->addr + off;
             off += (pl[first].bytes + 255) & ~(uint64_t)255;
         }
         used = sz;
     }
     for (int i = 0; i < n; i++)
-        if (pl[i].alias >= 0) pl[i].dst->addr = pl[pl[i].alias].dst->addr;
+        if (pl[i].alias >= 0) *pl[i].addr = *pl[pl[i].alias].addr;
     return 0;
 }
 
-static void add_placement(struct placement *pl, int *n, const struct weight *w, struct gw *dst) {
-    *dst = (struct gw){0, w->m, (uint64_t)w->t->ne[1] * w->m.row_bytes};
+static uint64_t matrix_bytes(const struct weight *w) {
+    return (uint64_t)w->t->ne[1] * w->m.row_bytes;
+}
+
+/* Experts per part where a routed expert tensor is larger than the largest buffer; 0 where
+ * it fits whole (vk_model_init has checked that one expert's matrix fits). */
+static uint32_t part_experts(const struct vk_model *g, int slot, const struct weight *w) {
+    if (!is_routed_expert(slot) || w->t->nbytes <= g->max_buffer) return 0;
+    return (uint32_t)(g->max_buffer / matrix_bytes(w));
+}
+
+static uint32_t n_parts(const struct weight *w, uint32_t per) {
+    return per ? (uint32_t)(((uint64_t)w->t->ne[2] + per - 1) / per) : 1;
+}
+
+/* A weight's placements: the tensor whole (or as an alias of an earlier placement of the
+ * same tensor), or per parts of `per` experts, their addresses taken from *pool. */
+static void add_placement(struct placement *pl, int *n, const struct weight *w, struct gw *dst,
+                          uint32_t per, uint64_t **pool) {
+    *dst = (struct gw){0, w->m, matrix_bytes(w), NULL, n_parts(w, per), per};
+    if (per) {
+        dst->part_addr = *pool;
+        *pool += dst->n_parts - 1;
+        for (uint32_t i = 0; i < dst->n_parts; i++) {
+            uint64_t lo = (uint64_t)i * per, count = (uint64_t)w->t->ne[2] - lo;
+            if (count > per) count = per;
+            pl[(*n)++] = (struct placement){w, i ? &dst->part_addr[i - 1] : &dst->addr,
+                                            (const uint8_t *)w->t->data + lo * dst->matrix_bytes,
+                                            count * dst->matrix_bytes, -1};
+        }
+        return;
+    }
     int alias = -1;
     for (int i = 0; i < *n && alias < 0; i++)
         if (pl[i].src && pl[i].src->t == w->t) alias = i;
-    pl[(*n)++] = (struct placement){w, dst, w->t->data, alias < 0 ? w->t->nbytes : 0, alias};
+    pl[(*n)++] = (struct placement){w, &dst->addr, w->t->data, alias < 0 ? w->t->nbytes : 0, alias};
+}
+
+/* Placements past one per weight: the further parts of split tensors. */
+static int extra_parts(const struct model *m, const struct vk_model *g) {
+    int n = 0;
+    for (int il = 0; il < g->n_gpu_layers && !g->cpu_moe; il++)
+        for (int s = 0; s < W_SLOT_COUNT; s++) {
+            const struct weight *w = &m->layers[il].w[s];
+            if (w->t) n += (int)n_parts(w, part_experts(g, s, w)) - 1;
+        }
+    return n;
 }
 
 static int upload_weights(struct model *m, struct vk_model *g) {
     const struct hparams *hp = &m->hp;
-    int cap = W_SLOT_COUNT * (g->n_gpu_layers + 2), n = 0;
+    int extra = extra_parts(m, g), cap = W_SLOT_COUNT * (g->n_gpu_layers + 2) + extra, n = 0;
     struct placement *pl = xcalloc((size_t)cap, sizeof *pl);
+    uint64_t *pool = g->part_addrs = xcalloc((size_t)extra + 1, sizeof *g->part_addrs);
     for (int s = 0; s < W_SLOT_COUNT; s++)
-        if (m->w[s].t) add_placement(pl, &n, &m->w[s], &g->w[s]);
+        if (m->w[s].t) add_placement(pl, &n, &m->w[s], &g->w[s], 0, &pool);
     for (int il = 0; il < g->n_gpu_layers; il++) {
         struct model_layer *L = &m->layers[il];
         for (int s = 0; s < W_SLOT_COUNT; s++)
             if (L->w[s].t && !(g->cpu_moe && is_routed_expert(s)))
-                add_placement(pl, &n, &L->w[s], &g->lw[il][s]);
+                add_placement(pl, &n, &L->w[s], &g->lw[il][s], part_experts(g, s, &L->w[s]), &pool);
         if (L->k_b_derived) {
             int64_t lora = hp->kv_lora, nope = m->ag.qk_nope;
             struct gw *d = &g->k_b_derived[il];
-            *d = (struct gw){0,
-                             {L->k_b_derived, QT_F32, nope, lora, (size_t)nope * 4, 0},
-                             (uint64_t)(lora * nope * 4)};
-            pl[n++] = (struct placement){NULL, d, L->k_b_derived, d->matrix_bytes * hp->n_head, -1};
+            *d = (struct gw){.m = {L->k_b_derived, QT_F32, nope, lora, (size_t)nope * 4, 0},
+                             .matrix_bytes = (uint64_t)(lora * nope * 4),
+                             .n_parts = 1};
+            pl[n++] = (struct placement){NULL, &d->addr, L->k_b_derived,
+                                         d->matrix_bytes * hp->n_head, -1};
         }
     }
     int rc = 0;
@@ -300,19 +350,34 @@ const char *vk_model_cpu_reason(void) { return cpu_reason; }
 
 int vk_model_gpu_layers(const struct model *m) { return m->gpu ? m->gpu->n_gpu_layers : 0; }
 
-/* True (err set) when a routed expert tensor exceeds the device's largest buffer. */
-static int experts_too_large(const struct model *m, struct vk_ctx *vk) {
-    uint64_t max = vk_max_buffer(vk);
+/* True (err set) when one expert's matrix of a routed expert tensor exceeds the largest
+ * buffer (a larger tensor is split into parts of whole experts). */
+static int experts_too_large(const struct model *m, struct vk_ctx *vk, uint64_t max) {
     for (uint32_t il = 0; il < m->hp.n_layer; il++)
         for (int s = 0; s < W_SLOT_COUNT; s++) {
-            const struct gguf_tensor *t = m->layers[il].w[s].t;
-            if (t && is_routed_expert(s) && t->nbytes > max) {
-                err_set("'%.*s' holds %.2f GiB; %s's largest buffer is %.2f GiB", (int)t->name.len,
-                        t->name.data, (double)t->nbytes / (1 << 30), vk_device_name(vk),
-                        (double)max / (1 << 30));
+            const struct weight *w = &m->layers[il].w[s];
+            if (w->t && is_routed_expert(s) && matrix_bytes(w) > max) {
+                err_set("'%.*s' holds matrices of %llu bytes; %s's largest buffer is %llu bytes",
+                        (int)w->t->name.len, w->t->name.data, (unsigned long long)matrix_bytes(w),
+                        vk_device_name(vk), (unsigned long long)max);
                 return 1;
             }
         }
+    return 0;
+}
+
+/* MOERUN_VK_MAX_BUFFER: a largest buffer below the device's (UINT64_MAX when unset); tests
+ * split the routed experts of small models with it. */
+static int env_max_buffer(uint64_t *out) {
+    const char *v = getenv("MOERUN_VK_MAX_BUFFER");
+    *out = UINT64_MAX;
+    if (!v || !*v) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (*end || errno || n < 256 || v[0] == '-')
+        return err_set("MOERUN_VK_MAX_BUFFER: bad value '%s' (bytes, at least 256)", v), -1;
+    *out = n;
     return 0;
 }
 
@@ -343,7 +408,8 @@ static int attn_min_chunk(uint32_t *out) {
 int vk_model_init(struct model *m, const struct gpu_params *params) {
     struct gpu_params p = *params;
     uint32_t min_chunk;
-    if (attn_min_chunk(&min_chunk)) return -1;
+    uint64_t max_buf;
+    if (attn_min_chunk(&min_chunk) || env_max_buffer(&max_buf)) return -1;
     struct vk_ctx *vk = p.shared ? p.shared : vk_open(p.device, p.device >= 0);
     if (!vk) {
         if (p.device >= 0) return -1;
@@ -357,9 +423,10 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
         snprintf(cpu_reason, sizeof cpu_reason, "%s", limit);
         return 0;
     }
+    if (vk_max_buffer(vk) < max_buf) max_buf = vk_max_buffer(vk);
     if (p.fit) fit_placement(m, vk, &p);
-    if (!p.cpu_moe && experts_too_large(m, vk)) {
-        p.cpu_moe = 1; /* a stacked expert tensor is larger than one buffer may be */
+    if (!p.cpu_moe && experts_too_large(m, vk, max_buf)) {
+        p.cpu_moe = 1; /* one expert's matrix is larger than one buffer may be */
         if (p.verbose) fprintf(stderr, "moerun: routed experts on the CPU: %s\n", err_get());
     }
     if (p.gpu_layers < 0 || p.gpu_layers > (int)m->hp.n_layer) p.gpu_layers = (int)m->hp.n_layer;
@@ -371,6 +438,7 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
     struct vk_model *g = xcalloc(1, sizeof *g);
     g->vk = vk;
     g->attn_min_chunk = min_chunk;
+    g->max_buffer = max_buf;
     g->n_gpu_layers = p.gpu_layers;
     g->cpu_moe = p.cpu_moe && m->hp.n_expert > 0;
     g->shared = p.shared != NULL;
@@ -406,6 +474,7 @@ void vk_model_free(struct model *m) {
     free(g->arenas);
     free(g->lw);
     free(g->k_b_derived);
+    free(g->part_addrs);
     free(g);
     m->gpu = NULL;
 }
@@ -421,9 +490,10 @@ static uint32_t groups(uint64_t n, uint32_t per) {
 /* A product's operands beyond the weight: strides and batch (z) layout, in floats. */
 struct mm_args {
     uint64_t x, y, ids;
-    uint64_t x_up;   /* 0, or SwiGLU's up rows: the input is silu(x) * up */
-    uint64_t w_up;   /* 0, or the up matrix's row 0 (gate's layout): y = silu(gate) * up */
-    uint64_t groups; /* 0, or moe_group's offsets (ids: its order): tiled expert products */
+    uint64_t x_up;       /* 0, or SwiGLU's up rows: the input is silu(x) * up */
+    const struct gw *up; /* NULL, or the up matrices (gate's layout): y = silu(gate) * up */
+    uint64_t up_offset;  /* bytes into up's matrices: its first row */
+    uint64_t groups;     /* 0, or moe_group's offsets (ids: its order): tiled expert products */
     uint32_t n_tok, x_stride, y_stride;
     uint32_t nz, x_zstride, y_zstride, x_zdiv;
     uint64_t w_offset; /* bytes into the weight (a row range) */
@@ -438,7 +508,15 @@ enum { MAX_GROUPS = 65535 }; /* the smallest maxComputeWorkGroupCount Vulkan all
 enum { MM_TILED_MIN_TOKS = 32 };
 static int tiled_batch(uint32_t n_tok) { return n_tok >= MM_TILED_MIN_TOKS; }
 
-/* Outputs past MAX_GROUPS workgroups of rows (large vocabularies) go in further dispatches. */
+/* Part i of w as the kernels address it: matrix m (m in the part's experts) at the result +
+ * m * matrix_bytes, as the whole tensor would be (uint64 arithmetic wraps alike on both sides). */
+static uint64_t part_base(const struct gw *w, uint32_t i) {
+    if (i == 0) return w->addr;
+    return w->part_addr[i - 1] - (uint64_t)i * w->part_experts * w->matrix_bytes;
+}
+
+/* Outputs past MAX_GROUPS workgroups of rows (large vocabularies) go in further dispatches, and
+ * each part of a split expert tensor in its own (its workgroups of other experts return). */
 static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args *a) {
     uint32_t n_out = a->n_out ? a->n_out : (uint32_t)w->m.n_out;
     struct vk_mul_mat_push p = {
@@ -456,20 +534,25 @@ static void mul_mat(struct vk_model *g, const struct gw *w, const struct mm_args
         .y_zstride = a->y_zstride,
         .x_zdiv = a->x_zdiv ? a->x_zdiv : 1,
     };
-    enum vk_mm_fuse fuse = a->w_up ? VK_MM_GATE_UP : a->x_up ? VK_MM_SWIGLU_IN : VK_MM_PLAIN;
+    enum vk_mm_fuse fuse = a->up ? VK_MM_GATE_UP : a->x_up ? VK_MM_SWIGLU_IN : VK_MM_PLAIN;
     int tiled = tiled_batch(a->n_tok) && fuse != VK_MM_GATE_UP;
     uint32_t rows = tiled ? VK_MM_TILE_ROWS : fuse == VK_MM_GATE_UP ? 1 : VK_MM_ROWS;
     uint32_t toks = tiled ? VK_MM_TILE_TOKS : VK_MM_TOKS, chunk = MAX_GROUPS * rows;
     int kernel =
         tiled ? vk_mul_mm_kernel(w->m.type, fuse) : vk_mul_mat_fused_kernel(w->m.type, fuse);
-    for (uint32_t r0 = 0; r0 < n_out; r0 += chunk) {
-        uint64_t row0 = a->w_offset + (uint64_t)r0 * w->m.row_bytes;
-        p.w = w->addr + row0;
-        p.w_up = a->w_up ? a->w_up + (uint64_t)r0 * w->m.row_bytes : 0;
-        p.y = a->y + 4 * (uint64_t)r0;
-        p.n_out = n_out - r0 < chunk ? n_out - r0 : chunk;
-        vk_dispatch(g->vk, (enum vk_kernel)kernel, &p, sizeof p, (p.n_out + rows - 1) / rows,
-                    (a->n_tok + toks - 1) / toks, a->nz ? a->nz : 1);
+    uint32_t n_parts = w->n_parts > 1 ? w->n_parts : 1;
+    for (uint32_t i = 0; i < n_parts; i++) {
+        uint32_t lo = i * w->part_experts;
+        p.experts = n_parts > 1 ? lo | (lo + w->part_experts) << 16 : 0;
+        for (uint32_t r0 = 0; r0 < n_out; r0 += chunk) {
+            uint64_t row0 = (uint64_t)r0 * w->m.row_bytes;
+            p.w = part_base(w, i) + a->w_offset + row0;
+            p.w_up = a->up ? part_base(a->up, i) + a->up_offset + row0 : 0;
+            p.y = a->y + 4 * (uint64_t)r0;
+            p.n_out = n_out - r0 < chunk ? n_out - r0 : chunk;
+            vk_dispatch(g->vk, (enum vk_kernel)kernel, &p, sizeof p, (p.n_out + rows - 1) / rows,
+                        (a->n_tok + toks - 1) / toks, a->nz ? a->nz : 1);
+        }
     }
 }
 
@@ -720,8 +803,10 @@ static void mla_attention(struct model *m, int il, int n_tok, int pos0) {
 static uint64_t gate_up(struct vk_model *g, const struct gw *gate, const struct gw *up,
                         uint64_t up_row0, struct mm_args a, uint64_t up_y) {
     if (!tiled_batch(a.n_tok) && gate->m.type == up->m.type &&
-        gate->m.row_bytes == up->m.row_bytes && gate->matrix_bytes == up->matrix_bytes) {
-        a.w_up = up->addr + up_row0 * up->m.row_bytes;
+        gate->m.row_bytes == up->m.row_bytes && gate->matrix_bytes == up->matrix_bytes &&
+        gate->n_parts == up->n_parts && gate->part_experts == up->part_experts) {
+        a.up = up;
+        a.up_offset = up_row0 * up->m.row_bytes;
         mul_mat(g, gate, &a);
         return 0;
     }

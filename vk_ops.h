@@ -9,7 +9,9 @@
 /* mul_mat_<type>: for each z in [0, gz): matrix m = ids ? ids[z] : z at w + m * w_zstride
  * (n_out rows of row_bytes bytes, n_in values each, in the block format), and for each token t
  * in [0, n_tok):  y[z*y_zstride + t*y_stride + o] = sum_i W_m[o][i] * x[(z / x_zdiv)*x_zstride
- * + t*x_stride + i]  for o in [0, n_out).
+ * + t*x_stride + i]  for o in [0, n_out). With experts = lo | hi << 16 (a part of a split
+ * expert tensor, w then the part's address less lo matrices) only the z whose m lies in
+ * [lo, hi) are computed; the others are left to the other parts' dispatches.
  * Grid: (ceil(n_out / VK_MM_ROWS), ceil(n_tok / VK_MM_TOKS), number of z); mul_mat_gate_up
  * (a gate and an up row per workgroup): (n_out, ...). */
 enum { VK_MM_ROWS = 2, VK_MM_TOKS = 8 };
@@ -27,8 +29,8 @@ struct vk_mul_mat_push {
     uint64_t w_zstride; /* bytes */
     uint32_t n_in, n_out, n_tok, row_bytes;
     uint32_t x_stride, y_stride, x_zstride, y_zstride;
-    uint32_t x_zdiv; /* >= 1 */
-    uint32_t pad_;
+    uint32_t x_zdiv;  /* >= 1 */
+    uint32_t experts; /* 0, or lo | hi << 16: only experts [lo, hi) (a split tensor's part) */
 };
 
 /* get_rows_<type>: y[r*n_in + i] = row ids[r] of W (row_bytes apart), dequantized.

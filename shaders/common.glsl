@@ -16,3 +16,9 @@ layout(buffer_reference, std430, buffer_reference_align = 1) buffer Bytes { uint
 
 // silu(gate) * up as cpu_swiglu forms it (floats or vectors)
 #define SWIGLU(g, u) ((g) / (1.0 + exp(-(g))) * (u))
+
+// A routed expert tensor larger than one buffer is split into parts of whole experts, one
+// dispatch each: experts = lo | hi << 16 says the dispatch takes experts [lo, hi), 0 all.
+bool in_part(uint experts, uint m) {
+    return experts == 0u || (m >= (experts & 0xffffu) && m < (experts >> 16));
+}

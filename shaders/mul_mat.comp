@@ -35,7 +35,7 @@ layout(push_constant, std430) uniform Push {
     uint n_in, n_out, n_tok, row_bytes;
     uint x_stride, y_stride, x_zstride, y_zstride;
     uint x_zdiv;
-    uint pad_;
+    uint experts;
 }
 pc;
 
@@ -80,6 +80,7 @@ void main() {
     const uint nt = min(uint(MM_TOKS), pc.n_tok - t0);
 
     const uint m = pc.ids != 0ul ? uint(Ints(pc.ids).v[z]) : z;
+    if (!in_part(pc.experts, m)) return; // the whole workgroup: uniform
     const uint64_t wm = pc.w + uint64_t(m) * pc.w_zstride;
     uint64_t row[MM_ROWS];
     // rows past n_out recompute the last row (no divergence); their sums are not written

@@ -26,7 +26,7 @@ layout(push_constant, std430) uniform Push {
     uint n_in, n_out, n_tok, row_bytes;
     uint x_stride, y_stride, x_zstride, y_zstride;
     uint x_zdiv;
-    uint pad_;
+    uint experts;
 }
 pc;
 
@@ -60,6 +60,7 @@ void main() {
         if (t0 >= n_tok) return; // the whole workgroup: uniform
     }
     const uint m = grouped ? z : pc.ids != 0ul ? uint(Ints(pc.ids).v[z]) : z;
+    if (!in_part(pc.experts, m)) return; // the whole workgroup: uniform
     const uint64_t wm = pc.w + uint64_t(m) * pc.w_zstride;
     const uint64_t xb = pc.x + 4ul * uint64_t(z / pc.x_zdiv) * pc.x_zstride;
 #if DQ_FLOAT

@@ -7,6 +7,8 @@
 #   --device 0               greedy text equal to the CPU's; summary names the device
 #   --cpu-moe, -ngl 2, --fit the placement in the summary, same greedy text
 #   MOERUN_VK_ATTN_CHUNK=4   attention split over the keys (flash-decoding): same greedy text
+#   MOERUN_VK_MAX_BUFFER     routed experts in parts: same greedy text; one expert above
+#                            the limit: experts on the CPU, said why; a bad value: exit 1
 #   --profile                per-kernel GPU times on stderr, the last submission's dispatches
 #                            and barriers (a tinyseek decode step: at most 44 barriers)
 #   --device 7, -ngl x       exit 1, one line naming the option
@@ -72,6 +74,26 @@ MOERUN_VK_ATTN_CHUNK=0 "$BIN" run -p "$P" -n 4 --device 0 >/dev/null 2>"$tmp/err
 rc=$?
 [ $rc -eq 1 ] && grep -q "MOERUN_VK_ATTN_CHUNK: bad value '0'" "$tmp/err"
 check "MOERUN_VK_ATTN_CHUNK=0: exit 1, named" $? "exit $rc: $(cat "$tmp/err")"
+
+# the built-in model's expert tensors hold 16 matrices of 34816 bytes: 5 a part, 4 parts
+dispatches() { sed -n 's/^the last submission recorded \([0-9]*\) dispatches.*/\1/p' "$tmp/gpu.err"; }
+same_text "--profile" --device 0 --profile
+whole=$(dispatches)
+MOERUN_VK_MAX_BUFFER=200000 same_text "experts in parts (MOERUN_VK_MAX_BUFFER=200000)" \
+    --device 0 --profile
+parts=$(dispatches)
+# a decode step: 3 MoE layers x 2 expert products x 3 more parts
+! grep -q "routed experts on the CPU" "$tmp/gpu.err" && [ "$parts" = $((${whole:-0} + 18)) ]
+check "experts in parts: on the GPU, a dispatch per part" $? \
+    "dispatches $whole whole, $parts in parts: $(cat "$tmp/gpu.err")"
+MOERUN_VK_MAX_BUFFER=30000 same_text "one expert above the limit" --device 0 -v
+grep -q "routed experts on the CPU: 'blk.1.ffn_[a-z_]*exps.weight' holds matrices of 34816 bytes" \
+    "$tmp/gpu.err"
+check "one expert above the limit: experts on the CPU, said why" $? "$(cat "$tmp/gpu.err")"
+MOERUN_VK_MAX_BUFFER=12x "$BIN" run -p "$P" -n 4 --device 0 >/dev/null 2>"$tmp/err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "MOERUN_VK_MAX_BUFFER: bad value '12x'" "$tmp/err"
+check "MOERUN_VK_MAX_BUFFER=12x: exit 1, named" $? "exit $rc: $(cat "$tmp/err")"
 
 "$BIN" run -p "$P" -n 4 --device 0 --profile >/dev/null 2>"$tmp/prof"
 grep -q "^GPU time per kernel" "$tmp/prof" && grep -q "^mul_mat_Q8_0 " "$tmp/prof" &&
