@@ -150,7 +150,8 @@ static void add_placement(struct placement *pl, int *n, const struct weight *w, 
 /* Placements past one per weight: the further parts of split tensors. */
 static int extra_parts(const struct model *m, const struct vk_model *g) {
     int n = 0;
-    for (int il = 0; il < g->n_gpu_layers && !g->cpu_moe; il++)
+    if (g->cpu_moe) return 0;
+    for (int il = 0; il < g->n_gpu_layers; il++)
         for (int s = 0; s < W_SLOT_COUNT; s++) {
             const struct weight *w = &m->layers[il].w[s];
             if (w->t) n += (int)n_parts(w, part_experts(g, s, w)) - 1;
@@ -366,21 +367,6 @@ static int experts_too_large(const struct model *m, struct vk_ctx *vk, uint64_t 
     return 0;
 }
 
-/* MOERUN_VK_MAX_BUFFER: a largest buffer below the device's (UINT64_MAX when unset); tests
- * split the routed experts of small models with it. */
-static int env_max_buffer(uint64_t *out) {
-    const char *v = getenv("MOERUN_VK_MAX_BUFFER");
-    *out = UINT64_MAX;
-    if (!v || !*v) return 0;
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (*end || errno || n < 256 || v[0] == '-')
-        return err_set("MOERUN_VK_MAX_BUFFER: bad value '%s' (bytes, at least 256)", v), -1;
-    *out = n;
-    return 0;
-}
-
 /* What the kernels cannot take, as a reason to stay on the CPU; NULL when they can. */
 static const char *kernel_limits(const struct model *m) {
     if (m->hp.n_expert > 512) return "the GPU router takes at most 512 experts";
@@ -391,17 +377,35 @@ static const char *kernel_limits(const struct model *m) {
     return NULL;
 }
 
-/* MOERUN_VK_ATTN_CHUNK: the fewest keys per split of a split attention (default
- * ATTN_MIN_CHUNK); tests set it low to split the short contexts of small models. */
-static int attn_min_chunk(uint32_t *out) {
-    const char *v = getenv("MOERUN_VK_ATTN_CHUNK");
-    *out = ATTN_MIN_CHUNK;
+/* A test setting: the number in environment variable `name`, in [lo, hi]; *out keeps its
+ * default when the variable is unset or empty. */
+static int env_number(const char *name, uint64_t lo, uint64_t hi, const char *unit, uint64_t *out) {
+    const char *v = getenv(name);
     if (!v || !*v) return 0;
     char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n < 1 || n > (1L << 20))
-        return err_set("MOERUN_VK_ATTN_CHUNK: bad value '%s' (keys per split, 1..1048576)", v), -1;
-    *out = (uint32_t)n;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (*end || errno || v[0] == '-' || n < lo || n > hi) {
+        char range[64];
+        snprintf(range, sizeof range, hi == UINT64_MAX ? "at least %llu" : "%llu..%llu",
+                 (unsigned long long)lo, (unsigned long long)hi);
+        return err_set("%s: bad value '%s' (%s, %s)", name, v, unit, range), -1;
+    }
+    *out = n;
+    return 0;
+}
+
+/* MOERUN_VK_ATTN_CHUNK: the fewest keys per split of a split attention (default
+ * ATTN_MIN_CHUNK; tests split the short contexts of small models with it), and
+ * MOERUN_VK_MAX_BUFFER: a largest buffer below the device's (tests split the routed experts of
+ * small models into parts with it). */
+static int test_settings(uint32_t *min_chunk, uint64_t *max_buf) {
+    uint64_t chunk = ATTN_MIN_CHUNK;
+    *max_buf = UINT64_MAX;
+    if (env_number("MOERUN_VK_ATTN_CHUNK", 1, 1 << 20, "keys per split", &chunk) ||
+        env_number("MOERUN_VK_MAX_BUFFER", 256, UINT64_MAX, "bytes", max_buf))
+        return -1;
+    *min_chunk = (uint32_t)chunk;
     return 0;
 }
 
@@ -409,7 +413,7 @@ int vk_model_init(struct model *m, const struct gpu_params *params) {
     struct gpu_params p = *params;
     uint32_t min_chunk;
     uint64_t max_buf;
-    if (attn_min_chunk(&min_chunk) || env_max_buffer(&max_buf)) return -1;
+    if (test_settings(&min_chunk, &max_buf)) return -1;
     struct vk_ctx *vk = p.shared ? p.shared : vk_open(p.device, p.device >= 0);
     if (!vk) {
         if (p.device >= 0) return -1;

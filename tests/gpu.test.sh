@@ -76,12 +76,14 @@ rc=$?
 check "MOERUN_VK_ATTN_CHUNK=0: exit 1, named" $? "exit $rc: $(cat "$tmp/err")"
 
 # the built-in model's expert tensors hold 16 matrices of 34816 bytes: 5 a part, 4 parts
-dispatches() { sed -n 's/^the last submission recorded \([0-9]*\) dispatches.*/\1/p' "$tmp/gpu.err"; }
+recorded() { # 1 (dispatches) or 2 (barriers) FILE: --profile's count for the last submission
+    sed -n "s/^the last submission recorded \([0-9]*\) dispatches and \([0-9]*\) barriers$/\\$1/p" "$2"
+}
 same_text "--profile" --device 0 --profile
-whole=$(dispatches)
+whole=$(recorded 1 "$tmp/gpu.err")
 MOERUN_VK_MAX_BUFFER=200000 same_text "experts in parts (MOERUN_VK_MAX_BUFFER=200000)" \
     --device 0 --profile
-parts=$(dispatches)
+parts=$(recorded 1 "$tmp/gpu.err")
 # a decode step: 3 MoE layers x 2 expert products x 3 more parts
 ! grep -q "routed experts on the CPU" "$tmp/gpu.err" && [ "$parts" = $((${whole:-0} + 18)) ]
 check "experts in parts: on the GPU, a dispatch per part" $? \
@@ -101,7 +103,7 @@ grep -q "^GPU time per kernel" "$tmp/prof" && grep -q "^mul_mat_Q8_0 " "$tmp/pro
 check "--profile: per-kernel times" $? "$(cat "$tmp/prof")"
 # 4 layers: the dense one 9 barriers, the MoE ones 11 (attention 6, feed-forward 5), the
 # embedding 1, the first norm 1 (44 when this was written; 67 before the fusions)
-n=$(sed -n 's/^the last submission recorded [0-9]* dispatches and \([0-9]*\) barriers$/\1/p' "$tmp/prof")
+n=$(recorded 2 "$tmp/prof")
 [ -n "$n" ] && [ "$n" -le 44 ]
 check "--profile: a decode step records at most 44 barriers" $? "${n:-no count}: $(tail -1 "$tmp/prof")"
 
